@@ -1,0 +1,61 @@
+"""flask-llm-stream: relay OpenAI-compatible streams to browsers as Server-Sent Events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ApiError, StreamingError, UpstreamError
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .provider import Provider
+    from .store import StreamStore
+
+__all__ = ["ApiError", "LLMStream", "Settings", "StreamingError", "UpstreamError"]
+
+
+class LLMStream:
+    """Mounts the streaming endpoints on a Flask app::
+
+        from streaming import LLMStream
+        LLMStream(app)            # settings from the environment
+    """
+
+    def __init__(self, app: Flask | None = None, settings: Settings | None = None, *,
+                 store: StreamStore | None = None, provider: Provider | None = None) -> None:
+        self.settings = settings
+        self._store = store
+        self._provider = provider
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
+        from .manager import StreamManager
+        from .metrics import Metrics
+        from .views import EXTENSION, bp
+
+        settings = self.settings or Settings()
+        store = self._store or make_store(settings)
+        provider = self._provider or make_provider(settings)
+        app.extensions[EXTENSION] = StreamManager(settings, store, provider, Metrics())
+        app.register_blueprint(bp, url_prefix=url_prefix)
+
+
+def make_store(settings: Settings) -> StreamStore:
+    from .store import MemoryStore
+
+    if settings.REDIS_URL:
+        raise NotImplementedError("REDIS_URL: the Redis store is not built yet")
+    return MemoryStore(settings.STREAM_TTL)
+
+
+def make_provider(settings: Settings) -> Provider:
+    if settings.provider == "openai":
+        from .upstream import OpenAIProvider
+
+        return OpenAIProvider(settings)
+    from .simulated import SimulatedProvider
+
+    return SimulatedProvider(settings.SIMULATED_TOKENS_PER_SECOND, settings.BUFFER_MAX_DELAY_MS)

@@ -1,0 +1,66 @@
+"""Prometheus metrics. With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it), every
+worker writes its own files and `/metrics` sums them, so the page shows all workers together.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The service's metrics; one instance per app."""
+
+    def __init__(self) -> None:
+        self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # In multiprocess mode values live in files, not in a registry: register nowhere, and
+        # collect from the files on each scrape. Otherwise a private registry, so that several
+        # apps in one process (tests, a team's app) never clash.
+        self._registry = None if self._multiprocess else CollectorRegistry()
+        reg = self._registry
+        self.streams_active = Gauge(
+            "llm_streams_active", "Generations running now.",
+            registry=reg, multiprocess_mode="livesum",
+        )
+        self.streams_ended = Counter(
+            "llm_streams_ended", "Generations ended, by outcome (finish reason or error code).",
+            ["outcome"], registry=reg,
+        )
+        self.streams_started = Counter(
+            "llm_streams_started", "Generations started.", registry=reg,
+        )
+        self.first_token_seconds = Histogram(
+            "llm_time_to_first_token_seconds", "From the request to the first delta.",
+            buckets=_TTFT_BUCKETS, registry=reg,
+        )
+        self.deltas = Counter(
+            "llm_deltas_relayed", "Upstream deltas relayed (content, reasoning, tool calls).",
+            registry=reg,
+        )
+        self.requests_refused = Counter(
+            "llm_requests_refused", "Requests refused before reaching the upstream, by status.",
+            ["status"], registry=reg,
+        )
+        self.clients_attached = Gauge(
+            "llm_clients_attached", "Clients following a stream now.",
+            registry=reg, multiprocess_mode="livesum",
+        )
+
+    def exposition(self) -> bytes:
+        if self._registry is not None:
+            return generate_latest(self._registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -1,0 +1,358 @@
+"""One stream's producer: a reader greenlet and a pump greenlet around a small inbox.
+
+The reader blocks on the upstream socket and only hands items over. The pump owns every
+decision: it joins deltas (TokenBuffer), numbers events, appends them to the store, and keeps
+the clocks (first-token, idle and total timeouts, the buffer's deadline, the resume grace). A
+blocked read never delays a heartbeat, a cancel or a timeout, because nobody waits on it.
+
+Only `threading` primitives are used: gevent patches them into greenlet ones, and under a
+plain threaded server they are real threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .buffer import TokenBuffer
+from .errors import UpstreamError
+from .green import spawn
+from .metrics import Metrics
+from .provider import (
+    CONTENT,
+    DELTA_KINDS,
+    FINISH,
+    REASONING,
+    TOOL_CALL,
+    USAGE,
+    Item,
+    Provider,
+    UpstreamStream,
+)
+from .settings import Settings
+from .sse import encode_json_event
+from .store import StreamStore
+
+log = logging.getLogger(__name__)
+
+_END = "_end"  # the reader's last item: the upstream finished
+_FAIL = "_fail"  # the reader's last item: (exception)
+
+FINISH_REASONS = frozenset(("stop", "length", "tool_calls", "content_filter", "cancelled"))
+
+
+class Generation:
+    """A running stream. Thread-safe: `cancel`, `attach` and `detach` come from request threads."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        owner: str | None,
+        model: str,
+        request: dict[str, Any],
+        *,
+        provider: Provider,
+        store: StreamStore,
+        settings: Settings,
+        metrics: Metrics,
+        on_end: Callable[[Generation], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream_id = stream_id
+        self.owner = owner
+        self.model = model
+        self._request = request
+        self._provider = provider
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._on_end = on_end
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._inbox: list[Item] = []
+        self._cancelled = False
+        self._clients = 0
+        self._alone_since: float | None = None
+        self._stop = threading.Event()  # tells the reader to give up
+        self._upstream: UpstreamStream | None = None
+        self._reader: Any = None
+        self._seq = 0
+        self._token_index = 0
+        self.started_at = clock()
+
+    # -- control, from any thread -------------------------------------------------------
+
+    def start(self) -> None:
+        self._store.create(self.stream_id, self.owner)
+        self._store.append(self.stream_id, [self._event(
+            {"type": "start", "stream_id": self.stream_id, "model": self.model})])
+        self._metrics.streams_started.inc()
+        self._metrics.streams_active.inc()
+        self._reader = spawn(self._read, f"reader-{self.stream_id[:8]}")
+        spawn(self._pump, f"pump-{self.stream_id[:8]}")
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify()
+
+    def attach(self) -> None:
+        with self._cond:
+            self._clients += 1
+            self._alone_since = None
+        self._metrics.clients_attached.inc()
+
+    def detach(self) -> None:
+        with self._cond:
+            self._clients -= 1
+            if self._clients == 0:
+                self._alone_since = self._clock()
+                self._cond.notify()
+        self._metrics.clients_attached.dec()
+
+    # -- the reader ---------------------------------------------------------------------
+
+    def _read(self) -> None:
+        settings = self._settings
+        delivered = False
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    with self._provider.open(self._request) as upstream:
+                        self._upstream = upstream
+                        if self._stop.is_set():
+                            return
+                        for items in upstream:
+                            if not delivered:
+                                delivered = any(kind in DELTA_KINDS for kind, _ in items)
+                            self._put(items)
+                            if self._stop.is_set():
+                                return
+                    if not self._stop.is_set():
+                        self._put([(_END, None)])
+                    return
+                except UpstreamError as exc:
+                    if self._stop.is_set():
+                        return
+                    remaining = self.started_at + settings.FIRST_TOKEN_TIMEOUT - self._clock()
+                    if delivered or not exc.retryable or attempt >= settings.UPSTREAM_RETRIES:
+                        self._put([(_FAIL, exc)])
+                        return
+                    attempt += 1
+                    backoff = _backoff(attempt, exc.retry_after)
+                    if backoff >= remaining:
+                        self._put([(_FAIL, exc)])
+                        return
+                    log.info("stream %s: upstream failed (%s), retry %d in %.2fs",
+                             self.stream_id[:8], exc.code, attempt, backoff)
+                    if self._stop.wait(backoff):
+                        return
+                finally:
+                    self._upstream = None
+        except BaseException as exc:
+            if not self._stop.is_set():
+                log.exception("stream %s: reader failed", self.stream_id[:8])
+                self._put([(_FAIL, exc)])
+            if not isinstance(exc, Exception):
+                raise
+
+    def _put(self, items: list[Item]) -> None:
+        with self._cond:
+            self._inbox.extend(items)
+            self._cond.notify()
+
+    def _stop_reader(self) -> None:
+        self._stop.set()
+        reader = self._reader
+        if reader is not None and hasattr(reader, "kill"):
+            # gevent: unwind the reader where it blocks; its `with` blocks close the response.
+            reader.kill(block=False)
+        else:
+            upstream = self._upstream
+            if upstream is not None:
+                upstream.close()
+
+    # -- the pump -----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        try:
+            self._run_pump()
+        except Exception:
+            log.exception("stream %s: pump failed", self.stream_id[:8])
+            self._end([], {"type": "error", "code": "internal",
+                           "message": "the service failed while relaying this answer"},
+                      "internal")
+
+    def _run_pump(self) -> None:
+        s = self._settings
+        delay = s.BUFFER_MAX_DELAY_MS / 1000.0
+        buffers = {CONTENT: TokenBuffer(s.BUFFER_MAX_TOKENS, delay),
+                   REASONING: TokenBuffer(s.BUFFER_MAX_TOKENS, delay)}
+        first_deadline = self.started_at + s.FIRST_TOKEN_TIMEOUT
+        total_deadline = self.started_at + s.STREAM_TIMEOUT
+        idle_deadline: float | None = None
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        metrics = self._metrics
+        while True:
+            with self._cond:
+                while not self._inbox and not self._cancelled:
+                    now = self._clock()
+                    deadline = min(
+                        d for d in (
+                            buffers[CONTENT].deadline,
+                            buffers[REASONING].deadline,
+                            first_deadline if idle_deadline is None else idle_deadline,
+                            total_deadline,
+                            None if self._alone_since is None
+                            else self._alone_since + s.RESUME_GRACE,
+                        ) if d is not None
+                    )
+                    if now >= deadline:
+                        break
+                    self._cond.wait(deadline - now)
+                items, self._inbox = self._inbox, []
+                cancelled = self._cancelled
+                alone_since = self._alone_since
+            now = self._clock()
+            out: list[bytes] = []
+            terminal: dict[str, Any] | None = None
+            outcome = ""
+            deltas = 0
+            for kind, value in items:
+                if kind in DELTA_KINDS:
+                    deltas += 1
+                    if idle_deadline is None:
+                        metrics.first_token_seconds.observe(now - self.started_at)
+                    idle_deadline = now + s.IDLE_TIMEOUT
+                    if kind == TOOL_CALL:
+                        self._flush(buffers, None, out)
+                        out.append(self._event({"type": "tool_call", **value}))
+                    else:
+                        other = REASONING if kind == CONTENT else CONTENT
+                        self._flush(buffers, other, out)
+                        text = buffers[kind].push(value, now)
+                        if text is not None:
+                            out.append(self._text_event(kind, text))
+                elif kind == FINISH:
+                    finish_reason = value
+                elif kind == USAGE:
+                    usage = _usage(value)
+                elif kind == _END:
+                    outcome = _finish_reason(finish_reason)
+                    terminal = {"type": "done", "finish_reason": outcome, "usage": usage}
+                elif kind == _FAIL:
+                    terminal, outcome = _error_event(value)
+                if terminal is not None:
+                    break
+            if deltas:
+                metrics.deltas.inc(deltas)
+            if terminal is None:
+                for kind, buffer in buffers.items():
+                    text = buffer.due(now)
+                    if text is not None:
+                        out.append(self._text_event(kind, text))
+                timed_out = (
+                    (idle_deadline is None and now >= first_deadline)
+                    or (idle_deadline is not None and now >= idle_deadline)
+                    or now >= total_deadline
+                )
+                if cancelled or (alone_since is not None and now >= alone_since + s.RESUME_GRACE):
+                    outcome = "cancelled"
+                    terminal = {"type": "done", "finish_reason": "cancelled", "usage": None}
+                elif timed_out:
+                    outcome = "timeout"
+                    terminal = {"type": "error", "code": "timeout",
+                                "message": _timeout_message(idle_deadline, now, total_deadline)}
+            if terminal is not None:
+                self._stop_reader()
+                self._flush(buffers, None, out)
+                self._end(out, terminal, outcome)
+                return
+            if out:
+                self._store.append(self.stream_id, out)
+
+    def _flush(self, buffers: dict[str, TokenBuffer], kind: str | None, out: list[bytes]) -> None:
+        for k, buffer in buffers.items():
+            if kind is None or k == kind:
+                text = buffer.flush()
+                if text is not None:
+                    out.append(self._text_event(k, text))
+
+    def _text_event(self, kind: str, text: str) -> bytes:
+        if kind == REASONING:
+            return self._event({"type": "reasoning", "token": text})
+        index = self._token_index
+        self._token_index += 1
+        return self._event({"type": "token", "token": text, "index": index})
+
+    def _event(self, payload: dict[str, Any]) -> bytes:
+        seq = self._seq
+        self._seq += 1
+        return encode_json_event(seq, orjson.dumps(payload))
+
+    def _end(self, out: list[bytes], terminal: dict[str, Any], outcome: str) -> None:
+        """Write the terminal event and release everything."""
+        self._stop_reader()
+        try:
+            out.append(self._event(terminal))
+            self._store.append(self.stream_id, out)
+            self._store.finish(self.stream_id)
+        except Exception:
+            log.exception("stream %s: could not write its end", self.stream_id[:8])
+        finally:
+            self._metrics.streams_active.dec()
+            self._metrics.streams_ended.labels(outcome=outcome).inc()
+            self._on_end(self)
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return retry_after
+    # Full jitter around an exponential step: retries from many streams do not align.
+    return random.uniform(0.5, 1.0) * min(4.0, 0.25 * 2 ** (attempt - 1))
+
+
+def _finish_reason(reason: str | None) -> str:
+    if reason in FINISH_REASONS:
+        return reason
+    if reason == "function_call":  # the legacy name of tool_calls
+        return "tool_calls"
+    return "stop"
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        prompt = int(value.get("prompt_tokens") or 0)
+        completion = int(value.get("completion_tokens") or 0)
+        total = int(value.get("total_tokens") or prompt + completion)
+    except (TypeError, ValueError):
+        return None
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def _error_event(exc: BaseException) -> tuple[dict[str, Any], str]:
+    if isinstance(exc, UpstreamError):
+        event: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
+        if exc.retry_after is not None:
+            event["retry_after"] = round(exc.retry_after, 3)
+        return event, exc.code
+    return ({"type": "error", "code": "internal",
+             "message": "the service failed while reading the upstream"}, "internal")
+
+
+def _timeout_message(idle_deadline: float | None, now: float, total_deadline: float) -> str:
+    if now >= total_deadline:
+        return "the answer took longer than the stream timeout"
+    if idle_deadline is None:
+        return "the upstream sent no first token in time"
+    return "the upstream stopped sending"

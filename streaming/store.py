@@ -1,0 +1,126 @@
+"""The per-stream event log: append-only, read from a cursor, waiters woken on append.
+
+`StreamStore` is the interface; `MemoryStore` keeps logs in this process (resume works within
+one worker). Events are stored already encoded as SSE, so each is encoded once however many
+clients follow the stream.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StreamStore(Protocol):
+    """Where events live between the producer and every client attached to a stream."""
+
+    def create(self, stream_id: str, owner: str | None) -> None: ...
+
+    def append(self, stream_id: str, events: list[bytes]) -> None: ...
+
+    def finish(self, stream_id: str) -> None: ...
+
+    def owner(self, stream_id: str) -> str | None:
+        """The owner tag of a live or recent stream; raises KeyError if there is none."""
+        ...
+
+    def read(self, stream_id: str, cursor: int, timeout: float) -> tuple[list[bytes], bool]:
+        """Events from seq `cursor` on, waiting up to `timeout` for one; and whether it ended.
+
+        Raises KeyError for an unknown or expired stream.
+        """
+        ...
+
+    def wake(self, stream_id: str) -> None:
+        """Wake every reader of the stream (a client went away, say)."""
+        ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Log:
+    owner: str | None
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    events: list[bytes] = field(default_factory=list)
+    ended: bool = False
+
+
+class MemoryStore:
+    """In-process logs; an ended stream stays readable for `ttl` seconds."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._logs: dict[str, _Log] = {}
+        self._lock = threading.Lock()
+        # TTL is the same for all, so streams expire in the order they ended: a FIFO suffices.
+        self._ended: deque[tuple[float, str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def create(self, stream_id: str, owner: str | None) -> None:
+        with self._lock:
+            self._expire_locked()
+            if stream_id in self._logs:
+                raise ValueError("stream id already in use")
+            self._logs[stream_id] = _Log(owner)
+
+    def append(self, stream_id: str, events: list[bytes]) -> None:
+        log = self._logs[stream_id]
+        with log.cond:
+            if log.ended:
+                raise ValueError("stream already ended")
+            log.events.extend(events)
+            log.cond.notify_all()
+
+    def finish(self, stream_id: str) -> None:
+        log = self._logs[stream_id]
+        with log.cond:
+            log.ended = True
+            log.cond.notify_all()
+        with self._lock:
+            self._ended.append((self._clock() + self._ttl, stream_id))
+            self._expire_locked()
+
+    def owner(self, stream_id: str) -> str | None:
+        return self._get(stream_id).owner
+
+    def read(self, stream_id: str, cursor: int, timeout: float) -> tuple[list[bytes], bool]:
+        log = self._get(stream_id)
+        with log.cond:
+            if len(log.events) <= cursor and not log.ended and timeout > 0:
+                log.cond.wait(timeout)
+            return log.events[cursor:], log.ended
+
+    def wake(self, stream_id: str) -> None:
+        log = self._logs.get(stream_id)
+        if log is not None:
+            with log.cond:
+                log.cond.notify_all()
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._logs.clear()
+            self._ended.clear()
+
+    def _get(self, stream_id: str) -> _Log:
+        with self._lock:
+            self._expire_locked()
+            return self._logs[stream_id]
+
+    def _expire_locked(self) -> None:
+        now = self._clock()
+        while self._ended and self._ended[0][0] <= now:
+            _, stream_id = self._ended.popleft()
+            self._logs.pop(stream_id, None)

@@ -1,0 +1,288 @@
+"""The OpenAI-compatible upstream: the one module that imports `openai` and its transport.
+
+The SDK sends the request and turns refusals into typed errors; the stream itself is read as raw
+bytes and parsed here with orjson, because the SDK's typed chunk iteration costs ~100 µs of CPU
+per chunk (a pydantic object each) and this is the hot path.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+
+from .errors import (
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimitedError,
+    UpstreamRefusedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from .provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
+from .settings import Settings
+
+_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class UpstreamCutError(UpstreamError):
+    """The stream broke off or made no sense: retried only if no delta was relayed yet."""
+
+    code = "upstream_error"
+    retryable = True
+
+
+class OpenAIProvider:
+    """Chat completions from any OpenAI-compatible server, through the official SDK."""
+
+    name = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> openai.OpenAI:
+        # Created on first use, inside the worker, after gevent has patched the socket module:
+        # a client made before the patch holds unpatched sockets and every request fails.
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _make_client(self._settings)
+                client = self._client
+        return client
+
+    def ready(self) -> bool:
+        return self._settings.OPENAI_API_KEY is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    @contextmanager
+    def open(self, request: dict[str, Any]) -> Iterator[_OpenAIStream]:
+        params = dict(request)
+        params["stream"] = True
+        params["stream_options"] = {"include_usage": True}
+        try:
+            with self._get_client().chat.completions.with_streaming_response.create(
+                **params
+            ) as response:
+                stream = _OpenAIStream(response.http_response)
+                try:
+                    yield stream
+                finally:
+                    stream.close()
+        except UpstreamError:
+            raise
+        except openai.APIStatusError as exc:
+            raise _status_error(exc.status_code, exc.response.headers) from exc
+        except openai.APITimeoutError as exc:
+            raise UpstreamTimeoutError("the upstream did not answer in time") from exc
+        except openai.APIConnectionError as exc:
+            raise UpstreamUnavailableError("could not connect to the upstream") from exc
+        except openai.OpenAIError as exc:
+            raise UpstreamError("the upstream request failed") from exc
+
+
+def _make_client(settings: Settings) -> openai.OpenAI:
+    first = settings.FIRST_TOKEN_TIMEOUT
+    # The SDK waits 600 s by default. Our relay enforces the contract's timeouts itself; these
+    # are a backstop so that no socket read outlives them.
+    timeout = httpx2.Timeout(
+        connect=min(10.0, first),
+        read=max(first, settings.IDLE_TIMEOUT) + 5.0,
+        write=30.0,
+        pool=min(10.0, first),
+    )
+    # The default pool holds 1000 connections; one worker may run WORKER_CONNECTIONS streams.
+    limits = httpx2.Limits(
+        max_connections=settings.WORKER_CONNECTIONS,
+        max_keepalive_connections=min(settings.WORKER_CONNECTIONS, 256),
+    )
+    key = settings.OPENAI_API_KEY
+    return openai.OpenAI(
+        api_key=key.get_secret_value() if key is not None else None,
+        base_url=settings.OPENAI_BASE_URL,
+        max_retries=0,  # retries are ours: only before the first delta, inside FIRST_TOKEN_TIMEOUT
+        timeout=timeout,
+        http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits),
+    )
+
+
+def _status_error(status: int, headers: httpx2.Headers) -> UpstreamError:
+    retry_after = parse_retry_after(headers)
+    if status in (401, 403):
+        return UpstreamAuthError(f"the upstream refused our credentials ({status})", status=status)
+    if status == 429:
+        return UpstreamRateLimitedError(
+            "the upstream is rate limiting us", status=status, retry_after=retry_after
+        )
+    if status in (408, 409):
+        return UpstreamRefusedError(f"the upstream answered {status}", status=status,
+                                    retry_after=retry_after)
+    if status >= 500:
+        return UpstreamUnavailableError(f"the upstream failed ({status})", status=status,
+                                        retry_after=retry_after)
+    return UpstreamError(f"the upstream refused the request ({status})", status=status)
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+
+
+class _OpenAIStream:
+    """Raw SSE from the upstream, parsed into items without building a model per chunk."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self._response = response
+        self._closed = False
+
+    def close(self) -> None:
+        # Called from the relay to cancel; closing the response closes its socket, which wakes
+        # the reader blocked on it.
+        if not self._closed:
+            self._closed = True
+            with suppress(Exception):
+                self._response.close()
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        finished = False
+        try:
+            for data in iter_sse_data(self._response.iter_raw()):
+                if data == b"[DONE]":
+                    return
+                items = parse_chunk(data)
+                if items:
+                    if any(kind == FINISH for kind, _ in items):
+                        finished = True
+                    yield items
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeoutError("the upstream stopped sending") from exc
+        except httpx2.HTTPError as exc:
+            if self._closed:
+                return
+            raise UpstreamCutError("the upstream stream was cut off") from exc
+        # The body ended without [DONE]: a cut stream, unless the answer was already complete.
+        if not finished and not self._closed:
+            raise UpstreamCutError("the upstream stream ended before it finished")
+
+
+def iter_sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield the data of each SSE event in a byte stream (WHATWG rules, as bytes).
+
+    Lines end at CRLF, LF or a lone CR; several `data` lines join with LF; comments and other
+    fields are skipped.
+    """
+    pending = b""
+    data: list[bytes] = []
+    skip_lf = False
+    for chunk in chunks:
+        if skip_lf and chunk:
+            # The previous chunk ended with a CR, already taken as a line end: a LF now is
+            # the second half of that CRLF, not an empty line.
+            skip_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        if not chunk:
+            continue
+        buf = pending + chunk if pending else chunk
+        if b"\r" in buf:
+            skip_lf = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data.clear()
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        yield b"\n".join(data)
+
+
+def parse_chunk(data: bytes) -> list[Item]:
+    """Map one chunk of the chat-completions stream to items; raise on an error payload."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamCutError("the upstream sent a malformed chunk") from exc
+    if not isinstance(obj, dict):
+        raise UpstreamCutError("the upstream sent a malformed chunk")
+    if obj.get("error") is not None or obj.get("object") == "error":
+        raise _in_stream_error(obj)
+    items: list[Item] = []
+    for choice in obj.get("choices") or ():
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning and isinstance(reasoning, str):
+            items.append((REASONING, reasoning))
+        content = delta.get("content")
+        if content and isinstance(content, str):
+            items.append((CONTENT, content))
+        for call in delta.get("tool_calls") or ():
+            items.append((TOOL_CALL, _tool_call(call)))
+        reason = choice.get("finish_reason")
+        if reason:
+            items.append((FINISH, reason))
+    usage = obj.get("usage")
+    if usage:
+        items.append((USAGE, usage))
+    return items
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    fragment: dict[str, Any] = {"index": call.get("index", 0)}
+    if call.get("id"):
+        fragment["id"] = call["id"]
+    function = call.get("function") or {}
+    if function.get("name"):
+        fragment["name"] = function["name"]
+    if function.get("arguments") is not None:
+        fragment["arguments"] = function["arguments"]
+    return fragment
+
+
+def _in_stream_error(obj: dict[str, Any]) -> UpstreamError:
+    error = obj.get("error")
+    detail = error if isinstance(error, dict) else obj
+    # The upstream's message may quote the request or a key: name only its code or type.
+    label = next(
+        (str(v) for v in (detail.get("code"), detail.get("type"))
+         if v is not None and _SAFE_CODE.match(str(v))),
+        None,
+    )
+    suffix = f" ({label})" if label else ""
+    return UpstreamError(f"the upstream reported an error in the stream{suffix}")

@@ -1,0 +1,122 @@
+"""Request validation (PROTOCOL.md, "Starting a stream"). Pure: bytes and headers in, a
+request for the upstream or an `ApiError` out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ApiError
+
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}$")
+
+Strict = ConfigDict(extra="forbid", strict=True)
+
+
+class _ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    url: str
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class _ImagePart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["image_url"]
+    image_url: _ImageURL
+
+
+_Part = Annotated[_TextPart | _ImagePart, Field(discriminator="type")]
+
+
+class _Message(BaseModel):
+    model_config = Strict
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | Annotated[list[_Part], Field(min_length=1)] | None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _null_content(self) -> _Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content may be null only on an assistant message with tool_calls")
+        return self
+
+
+class ChatRequest(BaseModel):
+    model_config = Strict
+    messages: Annotated[list[_Message], Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+def parse_chat_request(
+    raw: Any, *, default_model: str, allowed_models: list[str]
+) -> dict[str, Any]:
+    """Validate a parsed body; return the upstream parameters (messages exactly as sent)."""
+    if not isinstance(raw, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    unknown = sorted(set(raw) - set(ChatRequest.model_fields))
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown field: {unknown[0]!r}")
+    try:
+        request = ChatRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _describe(exc)) from None
+    model = request.model or default_model
+    if allowed_models and model not in allowed_models:
+        raise ApiError(422, "invalid_request",
+                       f"model: {model!r} is not allowed here; use one of "
+                       + ", ".join(repr(m) for m in allowed_models))
+    params: dict[str, Any] = {"model": model, "messages": raw["messages"]}
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        params["max_tokens"] = request.max_tokens
+    return params
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int | None:
+    """The resume cursor: events after this seq. None means from the start."""
+    value = header if header is not None else query
+    if value is None:
+        return None
+    value = value.strip()
+    if not _WHOLE_NUMBER.match(value):
+        raise ApiError(400, "invalid_last_event_id",
+                       "Last-Event-ID must be a whole number, 0 or more")
+    return int(value)
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "is required"
+    return f"{where}: {message}" if where else message
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names union branches in `loc` ("str", "list[...]", "text"); people want the field.
+    return isinstance(part, str) and (part in ("str", "text", "image_url", "function-after")
+                                      or "[" in part)
