@@ -106,8 +106,10 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
 
 
 def _describe(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+    # A union (content: string or list of parts) reports one error per branch; the deepest is
+    # the one about what the client meant.
+    errors = [(_where(e["loc"]), e) for e in exc.errors(include_url=False)]
+    where, error = max(errors, key=lambda pair: pair[0].count("."))
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown field"
@@ -116,7 +118,14 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic names union branches in `loc` ("str", "list[...]", "text"); people want the field.
-    return isinstance(part, str) and (part in ("str", "text", "image_url", "function-after")
-                                      or "[" in part)
+def _where(loc: tuple[Any, ...]) -> str:
+    # pydantic names union branches in `loc` ("str", "list[...]", "function-after[...]", and
+    # the tag of a tagged union); people want the path of fields.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p == "str" or "[" in p))]
+    # A tagged union repeats the tag before the part's fields: "0.text.text" -> "0.text".
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if i and part in ("text", "image_url") and parts[i - 1].isdigit() and i + 1 < len(parts):
+            continue
+        out.append(part)
+    return ".".join(out)

@@ -1,0 +1,168 @@
+"""Fixtures that start real parts on free loopback ports: the service under gunicorn's gevent
+worker (or a plain threaded server), the OpenAI-wire simulator, and helpers to reach them."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+# Variables of the contract that a developer's shell may hold: tests set their own.
+_CONTRACT_VARS = (
+    "OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_PROVIDER", "LLM_MODEL", "ALLOWED_MODELS",
+    "HEARTBEAT_INTERVAL", "FIRST_TOKEN_TIMEOUT", "IDLE_TIMEOUT", "STREAM_TIMEOUT",
+    "UPSTREAM_RETRIES", "BUFFER_MAX_TOKENS", "BUFFER_MAX_DELAY_MS", "RESUME_GRACE",
+    "STREAM_TTL", "REDIS_URL", "API_KEYS", "MAX_BODY_BYTES", "MAX_STREAMS",
+    "MAX_STREAMS_PER_KEY", "BIND", "WEB_CONCURRENCY", "WORKER_CONNECTIONS",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+              log: Path | None = None) -> None:
+    """Wait until `url` answers 200 (the server is up), or fail with its log."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
+            conn.request("GET", parts.path or "/")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+            conn.close()
+        except OSError:
+            pass
+        time.sleep(0.05)  # polling a port that is not open yet: there is no event to wait on
+    text = log.read_text() if log is not None and log.exists() else ""
+    raise RuntimeError(f"{url} did not come up in {timeout}s\n{text[-4000:]}")
+
+
+class Service:
+    """The service in a subprocess: gunicorn + gevent (`wsgi:app`), or a threaded server."""
+
+    def __init__(self, env: dict[str, Any] | None = None, *, threaded: bool = False,
+                 workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="llm-stream-test-"))
+        self.log_path = self.tmp / "service.log"
+        base = {k: v for k, v in os.environ.items() if k not in _CONTRACT_VARS}
+        base.update({
+            "BIND": f"127.0.0.1:{self.port}",
+            "WEB_CONCURRENCY": str(workers),
+            # gunicorn 25+ opens a control socket there: one per instance.
+            "XDG_RUNTIME_DIR": str(self.tmp),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        base.update({k: str(v) for k, v in (env or {}).items()})
+        if threaded:
+            cmd = [PYTHON, str(TESTS / "threaded_server.py"), str(self.port)]
+            base.pop("PROMETHEUS_MULTIPROC_DIR")
+        else:
+            cmd = [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=base, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(self.url + "/healthz", proc=self.proc, log=self.log_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def service_factory() -> Iterator[Any]:
+    """Start services with given environments; all are stopped after the test."""
+    started: list[Service] = []
+
+    def start(env: dict[str, Any] | None = None, **kwargs: Any) -> Service:
+        service = Service(env, **kwargs)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Any]:
+    """One OpenAI-wire simulator for the session; each test starts from a clean record."""
+    from upstream_sim import UpstreamSimulator
+
+    with UpstreamSimulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(upstream: Any) -> Any:
+    upstream.reset()
+    return upstream
+
+
+def openai_env(sim: Any, **extra: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "LLM_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-test-SECRETKEY-0123456789",
+        "OPENAI_BASE_URL": sim.base_url,
+        "LLM_MODEL": "sim-model",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def relay_service(upstream: Any) -> Iterator[Service]:
+    """A service on the simulator with quick timeouts, shared by a module's tests."""
+    service = Service(openai_env(upstream, HEARTBEAT_INTERVAL=1, FIRST_TOKEN_TIMEOUT=5,
+                                 IDLE_TIMEOUT=3, STREAM_TIMEOUT=30, RESUME_GRACE=2,
+                                 STREAM_TTL=30))
+    yield service
+    service.stop()
+
+
+def sim_prompt(**script: Any) -> list[dict[str, Any]]:
+    """Messages whose last user turn scripts the simulator."""
+    import json
+
+    return [{"role": "user", "content": "SIM " + json.dumps(script)}]

@@ -1,0 +1,169 @@
+"""A small, strict SSE client for tests: raw HTTP over a socket, WHATWG parsing, timestamps.
+
+Independent of the service's code on purpose: it checks the wire, not our encoder's idea of it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Event:
+    id: str | None
+    data: str
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.data)
+
+
+@dataclass
+class Comment:
+    text: str
+    at: float = field(default_factory=time.monotonic)
+
+
+class StreamResponse:
+    """An open SSE response; iterate for Event and Comment items."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+        self.conn = conn
+        self.response = response
+        self.status = response.status
+        self.headers = response.headers
+        self.raw = bytearray()
+
+    def body_json(self) -> dict[str, Any]:
+        return json.loads(self.response.read())
+
+    def __iter__(self) -> Iterator[Event | Comment]:
+        data: list[str] = []
+        last_id: str | None = None
+        saw_id = False
+        buf = b""
+        while True:
+            chunk = self.response.read1(65536)
+            if not chunk:
+                return
+            self.raw += chunk
+            buf += chunk
+            # WHATWG: CRLF, LF or CR end a line (a CR at the end may pair with a later LF).
+            while True:
+                idx = _line_end(buf)
+                if idx is None:
+                    break
+                end, skip = idx
+                line = buf[:end].decode("utf-8")
+                buf = buf[end + skip:]
+                if line == "":
+                    if data:
+                        yield Event(last_id if saw_id else None, "\n".join(data))
+                    data, saw_id = [], False
+                    continue
+                if line.startswith(":"):
+                    yield Comment(line[1:].lstrip(" "))
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "id" and "\0" not in value:
+                    last_id, saw_id = value, True
+
+    def events(self) -> Iterator[Event]:
+        for item in self:
+            if isinstance(item, Event):
+                yield item
+
+    def close(self) -> None:
+        # Abrupt, like a browser tab going away: no reading to the end.
+        sock = self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conn.close()
+
+
+def _line_end(buf: bytes) -> tuple[int, int] | None:
+    n = buf.find(b"\n")
+    r = buf.find(b"\r")
+    if r == -1 and n == -1:
+        return None
+    if r != -1 and (n == -1 or r < n):
+        if r + 1 == len(buf):
+            return None  # wait: a LF may follow
+        return (r, 2) if buf[r + 1:r + 2] == b"\n" else (r, 1)
+    return (n, 1)
+
+
+def open_stream(url: str, method: str = "GET", body: Any = None,
+                headers: dict[str, str] | None = None, timeout: float = 30.0) -> StreamResponse:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    hdrs = dict(headers or {})
+    payload = None
+    if body is not None:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    conn.request(method, path, body=payload, headers=hdrs)
+    return StreamResponse(conn, conn.getresponse())
+
+
+def start(base: str, body: Any, headers: dict[str, str] | None = None,
+          timeout: float = 30.0) -> StreamResponse:
+    return open_stream(base + "/api/chat/stream", "POST", body, headers, timeout)
+
+
+def attach(base: str, stream_id: str, last_event_id: int | str | None = None,
+           headers: dict[str, str] | None = None, timeout: float = 30.0) -> StreamResponse:
+    hdrs = dict(headers or {})
+    if last_event_id is not None:
+        hdrs["Last-Event-ID"] = str(last_event_id)
+    return open_stream(f"{base}/api/chat/stream/{stream_id}", "GET", None, hdrs, timeout)
+
+
+def collect(stream: StreamResponse) -> list[Event]:
+    """Every event until [DONE] (which is included, with id None), then close."""
+    out: list[Event] = []
+    try:
+        for event in stream.events():
+            out.append(event)
+            if event.data == "[DONE]":
+                break
+    finally:
+        stream.close()
+    return out
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(e.json["token"] for e in events
+                   if e.data != "[DONE]" and e.json["type"] == "token")
+
+
+def request(base: str, method: str, path: str, body: Any = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    hdrs = dict(headers or {})
+    payload = None
+    if body is not None:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=payload, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
