@@ -5,6 +5,7 @@ Independent of the service's code on purpose: it checks the wire, not our encode
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -88,10 +89,8 @@ class StreamResponse:
         # Abrupt, like a browser tab going away: no reading to the end.
         sock = self.conn.sock
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.conn.close()
 
 

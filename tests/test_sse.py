@@ -58,5 +58,5 @@ def test_json_event_fast_path_matches_the_general_encoder() -> None:
 
 
 def test_constants() -> None:
-    assert sse.DONE == sse.encode("[DONE]")
-    assert sse.PING == sse.comment("ping")
+    assert sse.encode("[DONE]") == sse.DONE
+    assert sse.comment("ping") == sse.PING

@@ -12,7 +12,8 @@ def split_every(data: bytes, n: int) -> list[bytes]:
     return [data[i:i + n] for i in range(0, len(data), n)]
 
 
-STREAM = b'data: {"a":1}\n\n: keep-alive\n\ndata:{"b":2}\n\nevent: x\ndata: l1\ndata: l2\n\ndata: [DONE]\n\n'
+STREAM = (b'data: {"a":1}\n\n: keep-alive\n\ndata:{"b":2}\n\n'
+          b"event: x\ndata: l1\ndata: l2\n\ndata: [DONE]\n\n")
 EXPECTED = [b'{"a":1}', b'{"b":2}', b"l1\nl2", b"[DONE]"]
 
 

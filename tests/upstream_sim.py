@@ -182,8 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._answer(record, script)
         except (_ClientGone, ConnectionError):  # ConnectionError: the status line failed
-            record.closed_at, record.outcome = time.monotonic(), "client_closed"
-            record._closed.set()
+            if self.server.sim._stop.is_set():  # stop() shut our socket: that was not the client
+                record.outcome = "stopped"
+            else:
+                record.closed_at, record.outcome = time.monotonic(), "client_closed"
+                record._closed.set()
         except _Stopped:
             record.outcome = "stopped"
         finally:
