@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -166,12 +167,19 @@ class _OpenAIStream:
         self._closed = False
 
     def close(self) -> None:
-        # Called from the relay to cancel; closing the response closes its socket, which wakes
-        # the reader blocked on it.
-        if not self._closed:
-            self._closed = True
-            with suppress(Exception):
-                self._response.close()
+        # Called from the relay to cancel, while another thread may be blocked reading. Closing
+        # a socket does not interrupt a recv() in progress (the kernel keeps it open until the
+        # call returns); shutting it down does, and sends the FIN to the upstream at once.
+        if self._closed:
+            return
+        self._closed = True
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with suppress(Exception):  # a half-closed transport must not mask the cancel
+            self._response.close()
 
     def __iter__(self) -> Iterator[list[Item]]:
         finished = False

@@ -72,7 +72,7 @@ class RequestRecord:
     """One chat-completions request and what became of it.
 
     `outcome`: "completed" (the scripted response written to its end: through [DONE] for a
-    normal stream), "client_closed", "dropped", "stopped", or "" while running.
+    normal stream), "client_closed", "dropped", "stopped", "crashed", or "" while running.
     `chunks_sent` counts content chunks.
     """
 
@@ -169,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
             body = orjson.loads(self.rfile.read(max(length, 0)))
         except ValueError as exc:
+            self.close_connection = True  # unread body bytes would be taken for the next request
             self._json(400, _error_body(f"body is not JSON with a Content-Length: {exc}", 400))
             return
         record = RequestRecord(body=body, headers=Headers(self.headers.items()))
@@ -190,6 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _Stopped:
             record.outcome = "stopped"
         finally:
+            record.outcome = record.outcome or "crashed"  # a simulator bug: handle_error prints it
             record.completed = record.outcome == "completed"
             if not record.completed:
                 self.close_connection = True
@@ -340,8 +342,9 @@ def _error_body(message: str, status: int) -> dict[str, Any]:
 
 def _client_gone(sock: socket.socket, timeout: float) -> bool:
     """True once the peer has closed: while we only write, EOF on read is the only sign."""
-    readable, _, _ = select.select([sock], [], [], max(timeout, 0))
-    if not readable:
+    poller = select.poll()  # not select.select: that fails on descriptors past FD_SETSIZE
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(max(timeout, 0) * 1000):
         return False
     try:
         if sock.recv(1, socket.MSG_PEEK) == b"":
