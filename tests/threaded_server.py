@@ -7,9 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from werkzeug.serving import make_server  # noqa: E402
+from werkzeug.serving import make_server
 
-from app import create_app  # noqa: E402
+from app import create_app
 
 if __name__ == "__main__":
     import gevent.monkey
