@@ -6,9 +6,10 @@ import logging
 import sys
 
 from flask import Flask, render_template
+from werkzeug.exceptions import HTTPException
 
 from streaming import LLMStream, Settings
-from streaming.views import EXTENSION
+from streaming.views import EXTENSION, http_error
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -26,6 +27,10 @@ def create_app(settings: Settings | None = None) -> Flask:
             default_model=settings.LLM_MODEL,
             requires_key=bool(settings.API_KEYS),
         )
+
+    # Routing errors (an unknown path, a wrong method) happen before any blueprint is chosen:
+    # the service answers them in the contract's JSON shape too.
+    app.register_error_handler(HTTPException, http_error)
 
     @app.after_request
     def _security_headers(response):  # type: ignore[no-untyped-def]

@@ -31,6 +31,8 @@ from .errors import (
 from .provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 from .settings import Settings
 
+_READY_CACHE_SECONDS = 5.0
+_READY_PROBE_TIMEOUT = 3.0
 _SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -50,6 +52,8 @@ class OpenAIProvider:
         self._settings = settings
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
+        self._ready = False
+        self._ready_until = 0.0
 
     def _get_client(self) -> openai.OpenAI:
         # Created on first use, inside the worker, after gevent has patched the socket module:
@@ -63,7 +67,23 @@ class OpenAIProvider:
         return client
 
     def ready(self) -> bool:
-        return self._settings.OPENAI_API_KEY is not None
+        """Whether the upstream answers with our key; probed at most every few seconds."""
+        now = time.monotonic()
+        if now < self._ready_until:
+            return self._ready
+        self._ready = self._probe()
+        self._ready_until = now + _READY_CACHE_SECONDS
+        return self._ready
+
+    def _probe(self) -> bool:
+        try:
+            self._get_client().models.with_raw_response.list(timeout=_READY_PROBE_TIMEOUT)
+        except openai.APIStatusError as exc:
+            # Reachable; a server without /models (404) can still stream, a refused key cannot.
+            return exc.status_code not in (401, 403) and exc.status_code < 500
+        except openai.OpenAIError:
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:

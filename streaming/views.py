@@ -43,8 +43,8 @@ def _api_error(exc: ApiError) -> Response:
 
 
 @bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    # 404/405 and the like, in the contract's JSON shape rather than Werkzeug's HTML.
+def http_error(exc: HTTPException) -> Response:
+    """404/405 and the like, in the contract's JSON shape rather than Werkzeug's HTML."""
     response = jsonify(error={"type": (exc.name or "error").lower().replace(" ", "_"),
                               "message": exc.description or exc.name})
     response.status_code = exc.code or 500

@@ -152,7 +152,7 @@ def text_of(events: list[Event]) -> str:
 
 
 def request(base: str, method: str, path: str, body: Any = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+            headers: dict[str, Any] | None = None) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     hdrs = dict(headers or {})
@@ -160,6 +160,7 @@ def request(base: str, method: str, path: str, body: Any = None,
     if body is not None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
+    hdrs = {k: v for k, v in hdrs.items() if v is not None}  # None: send no such header
     try:
         conn.request(method, path, body=payload, headers=hdrs)
         resp = conn.getresponse()
