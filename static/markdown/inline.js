@@ -1,0 +1,373 @@
+// Inline Markdown (CommonMark's delimiter algorithm, simplified) turned straight into DOM nodes.
+//
+// Model output is untrusted: nodes are made with createElement/createTextNode only, never from
+// markup, and no attribute comes from the text except an href that parsed as an absolute
+// http(s) URL. Raw HTML stays visible text. Images become links (or text): an <img> would let
+// injected instructions send data out just by being rendered.
+
+const PUNCT = /[\p{P}\p{S}]/u;
+const SPACE = /\s/u;
+const ESCAPABLE = /[!-/:-@[-`{-~]/;
+const SPECIAL = /[\\`*_~![\]<&\nh]/g;
+const BARE_URL = /https?:\/\/[^\s<>]+/y;
+const ENTITY = /&(#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});/y;
+const AUTOLINK = /<([a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>/y;
+const BR_TAG = /<br\s*\/?>/iy;
+const NAMED = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0", copy: "©",
+  reg: "®", hellip: "…", mdash: "—", ndash: "–", rarr: "→", larr: "←", times: "×" };
+
+/** An absolute http(s) URL, normalized, or null: everything else is neutralized. */
+export function safeHref(raw) {
+  let url;
+  try {
+    url = new URL(raw.trim()); // no base: a relative reference is refused too
+  } catch {
+    return null;
+  }
+  return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+}
+
+/** Append the inline content of `text` to `parent`. */
+export function renderInline(text, parent) {
+  const head = parseInline(text);
+  appendNodes(head.next, parent);
+}
+
+// A doubly linked list of inline nodes, so emphasis can wrap a run of them in place.
+function parseInline(src) {
+  const head = { k: "head", prev: null, next: null };
+  let tail = head;
+  const add = (node) => {
+    node.prev = tail;
+    node.next = null;
+    tail.next = node;
+    tail = node;
+    return node;
+  };
+  let text = "";
+  const flush = () => {
+    if (text) add({ k: "text", text });
+    text = "";
+  };
+  const delims = [];
+  const brackets = [];
+  let i = 0;
+  while (i < src.length) {
+    SPECIAL.lastIndex = i;
+    const found = SPECIAL.exec(src);
+    const at = found ? found.index : src.length;
+    text += src.slice(i, at);
+    i = at;
+    if (!found) break;
+    const c = src[i];
+    if (c === "\\") {
+      const next = src[i + 1];
+      if (next === "\n") {
+        text = text.trimEnd();
+        flush();
+        add({ k: "br" });
+        i += 2;
+      } else if (next !== undefined && ESCAPABLE.test(next)) {
+        text += next;
+        i += 2;
+      } else {
+        text += c;
+        i++;
+      }
+    } else if (c === "`") {
+      let run = 1;
+      while (src[i + run] === "`") run++;
+      const close = findBackticks(src, i + run, run);
+      if (close === -1) {
+        text += "`".repeat(run);
+        i += run;
+      } else {
+        let code = src.slice(i + run, close).replace(/\n/g, " ");
+        if (/^ .*[^ ].* $/s.test(code)) code = code.slice(1, -1);
+        flush();
+        add({ k: "code", text: code });
+        i = close + run;
+      }
+    } else if (c === "*" || c === "_" || c === "~") {
+      let run = 1;
+      while (src[i + run] === c) run++;
+      if (c === "~" && run > 2) {
+        text += src.slice(i, i + run);
+        i += run;
+        continue;
+      }
+      const before = i > 0 ? src[i - 1] : " ";
+      const after = i + run < src.length ? src[i + run] : " ";
+      const left = !SPACE.test(after) && (!PUNCT.test(after) || SPACE.test(before) || PUNCT.test(before));
+      const right = !SPACE.test(before) && (!PUNCT.test(before) || SPACE.test(after) || PUNCT.test(after));
+      let canOpen = left;
+      let canClose = right;
+      if (c === "_") {
+        canOpen = left && (!right || PUNCT.test(before));
+        canClose = right && (!left || PUNCT.test(after));
+      }
+      flush();
+      delims.push(add({ k: "delim", ch: c, len: run, orig: run, canOpen, canClose }));
+      i += run;
+    } else if (c === "!" || c === "[") {
+      const image = c === "!";
+      if (image && src[i + 1] !== "[") {
+        text += c;
+        i++;
+        continue;
+      }
+      flush();
+      const node = add({ k: "text", text: image ? "![" : "[" });
+      brackets.push({ node, image, active: true, bottom: delims.length });
+      i += image ? 2 : 1;
+    } else if (c === "]") {
+      const opener = brackets.pop();
+      const link = opener && opener.active ? linkTail(src, i + 1) : null;
+      if (!link) {
+        text += "]";
+        i++;
+        continue;
+      }
+      flush();
+      processEmphasis(delims, opener.bottom);
+      const node = { k: opener.image ? "image" : "link", href: link.href, first: opener.node.next };
+      // the nodes after the opening bracket become the link's children
+      opener.node.prev.next = null;
+      tail = opener.node.prev;
+      if (node.first) node.first.prev = null;
+      add(node);
+      if (!opener.image) for (const b of brackets) if (!b.image) b.active = false; // no links in links
+      i = link.end;
+    } else if (c === "<") {
+      AUTOLINK.lastIndex = i;
+      BR_TAG.lastIndex = i;
+      let m;
+      if ((m = AUTOLINK.exec(src))) {
+        flush();
+        add({ k: "link", href: m[1], first: { k: "text", text: m[1], prev: null, next: null } });
+        i += m[0].length;
+      } else if ((m = BR_TAG.exec(src))) {
+        flush();
+        add({ k: "br" }); // models put <br> in table cells; it is the only tag honoured
+        i += m[0].length;
+      } else {
+        text += c;
+        i++;
+      }
+    } else if (c === "&") {
+      ENTITY.lastIndex = i;
+      const m = ENTITY.exec(src);
+      const decoded = m ? decodeEntity(m[1]) : null;
+      text += decoded ?? c;
+      i += decoded === null ? 1 : m[0].length;
+    } else if (c === "\n") {
+      const hard = / {2,}$/.test(text);
+      text = text.trimEnd();
+      flush();
+      add(hard ? { k: "br" } : { k: "text", text: "\n" });
+      i++;
+      while (src[i] === " " || src[i] === "\t") i++;
+    } else if (c === "h") {
+      BARE_URL.lastIndex = i;
+      const m = i === 0 || /[\s(*_~]/.test(src[i - 1]) ? BARE_URL.exec(src) : null;
+      if (!m) {
+        text += c;
+        i++;
+        continue;
+      }
+      let url = m[0].replace(/[?!.,:*_~'"]+$/, "");
+      while (url.endsWith(")") && count(url, "(") < count(url, ")")) url = url.slice(0, -1);
+      flush();
+      add({ k: "link", href: url, first: { k: "text", text: url, prev: null, next: null } });
+      i += url.length;
+    }
+  }
+  flush();
+  processEmphasis(delims, 0);
+  return head;
+}
+
+function count(s, ch) {
+  return s.split(ch).length - 1;
+}
+
+function findBackticks(src, from, run) {
+  for (let i = src.indexOf("`", from); i !== -1; i = src.indexOf("`", i)) {
+    let n = 1;
+    while (src[i + n] === "`") n++;
+    if (n === run) return i;
+    i += n;
+  }
+  return -1;
+}
+
+function decodeEntity(name) {
+  if (name[0] !== "#") return Object.hasOwn(NAMED, name) ? NAMED[name] : null;
+  const code = name[1] === "x" || name[1] === "X" ? parseInt(name.slice(2), 16) : parseInt(name.slice(1), 10);
+  if (code === 0 || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return "\ufffd";
+  return String.fromCodePoint(code);
+}
+
+// `(destination "title")` after a closing bracket: {href, end} or null.
+function linkTail(src, i) {
+  if (src[i] !== "(") return null;
+  i++;
+  while (src[i] === " " || src[i] === "\t" || src[i] === "\n") i++;
+  let href = "";
+  if (src[i] === "<") {
+    const close = src.indexOf(">", i);
+    if (close === -1 || /[\n<]/.test(src.slice(i + 1, close))) return null;
+    href = src.slice(i + 1, close);
+    i = close + 1;
+  } else {
+    let depth = 0;
+    for (; i < src.length; i++) {
+      const c = src[i];
+      if (c === "\\" && i + 1 < src.length && ESCAPABLE.test(src[i + 1])) href += src[++i];
+      else if (/\s/.test(c)) break;
+      else if (c === "(") {
+        depth++;
+        href += c;
+      } else if (c === ")") {
+        if (depth === 0) break;
+        depth--;
+        href += c;
+      } else href += c;
+    }
+  }
+  while (src[i] === " " || src[i] === "\t" || src[i] === "\n") i++;
+  const quote = { '"': '"', "'": "'", "(": ")" }[src[i]];
+  if (quote) {
+    const close = src.indexOf(quote, i + 1);
+    if (close === -1) return null;
+    i = close + 1; // the title is dropped: hovering shows the destination instead
+    while (src[i] === " " || src[i] === "\t" || src[i] === "\n") i++;
+  }
+  return src[i] === ")" ? { href, end: i + 1 } : null;
+}
+
+// CommonMark "process emphasis": match closers with the nearest compatible opener.
+function processEmphasis(delims, bottom) {
+  const floor = {}; // per kind of closer: below here no opener can match (keeps this linear)
+  let ci = bottom;
+  while (ci < delims.length) {
+    const closer = delims[ci];
+    if (!closer.canClose) {
+      ci++;
+      continue;
+    }
+    const kind = `${closer.ch}${closer.canOpen ? 1 : 0}${closer.orig % 3}`;
+    let oi = ci - 1;
+    const stop = Math.max(bottom, floor[kind] ?? bottom);
+    for (; oi >= stop; oi--) {
+      const o = delims[oi];
+      if (o.ch === closer.ch && o.canOpen && matches(o, closer)) break;
+    }
+    if (oi < stop) {
+      floor[kind] = ci;
+      if (closer.canOpen) ci++;
+      else delims.splice(ci, 1);
+      continue;
+    }
+    const opener = delims[oi];
+    const use = closer.ch === "~" ? closer.len : closer.len >= 2 && opener.len >= 2 ? 2 : 1;
+    const el = { k: "el", tag: closer.ch === "~" ? "del" : use === 2 ? "strong" : "em", first: null };
+    if (opener.next !== closer) {
+      el.first = opener.next;
+      el.first.prev = null;
+      closer.prev.next = null;
+    }
+    opener.next = el;
+    el.prev = opener;
+    el.next = closer;
+    closer.prev = el;
+    opener.len -= use;
+    closer.len -= use;
+    delims.splice(oi + 1, ci - oi - 1);
+    for (const key of Object.keys(floor)) floor[key] = Math.min(floor[key], oi);
+    ci = oi + 1;
+    if (opener.len === 0) {
+      unlink(opener);
+      delims.splice(oi, 1);
+      ci--;
+    }
+    if (closer.len === 0) {
+      unlink(closer);
+      delims.splice(ci, 1);
+    }
+  }
+  delims.length = bottom; // what is left is plain text
+}
+
+function matches(opener, closer) {
+  if (closer.ch === "~") return opener.len === closer.len;
+  // CommonMark's "rule of 3"
+  if ((opener.canClose || closer.canOpen) && (opener.orig + closer.orig) % 3 === 0) {
+    return opener.orig % 3 === 0 && closer.orig % 3 === 0;
+  }
+  return true;
+}
+
+function unlink(node) {
+  if (node.prev) node.prev.next = node.next;
+  if (node.next) node.next.prev = node.prev;
+}
+
+function appendNodes(node, parent) {
+  const doc = parent.ownerDocument;
+  for (; node; node = node.next) {
+    switch (node.k) {
+      case "text":
+        parent.appendChild(doc.createTextNode(node.text));
+        break;
+      case "delim":
+        if (node.len > 0) parent.appendChild(doc.createTextNode(node.ch.repeat(node.len)));
+        break;
+      case "code": {
+        const code = doc.createElement("code");
+        code.textContent = node.text;
+        parent.appendChild(code);
+        break;
+      }
+      case "br":
+        parent.appendChild(doc.createElement("br"));
+        break;
+      case "el": {
+        const el = doc.createElement(node.tag);
+        appendNodes(node.first, el);
+        parent.appendChild(el);
+        break;
+      }
+      case "link":
+      case "image":
+        parent.appendChild(linkElement(node, doc));
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+function linkElement(node, doc) {
+  const href = safeHref(node.href);
+  const el = doc.createElement(href ? "a" : "span");
+  if (node.k === "image") {
+    el.className = "image-link";
+    const alt = doc.createElement("span");
+    appendNodes(node.first, alt);
+    el.append(`[image${alt.textContent ? ": " : ""}`, ...alt.childNodes, "]");
+  } else {
+    appendNodes(node.first, el);
+  }
+  if (href) {
+    el.href = href;
+    el.title = href;
+    el.target = "_blank";
+    el.rel = "noopener noreferrer nofollow";
+    el.referrerPolicy = "no-referrer";
+  } else {
+    el.classList.add("link-removed");
+    el.title = "link removed: only http(s) links are followed";
+  }
+  return el;
+}

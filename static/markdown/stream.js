@@ -1,0 +1,166 @@
+// Markdown rendered while it streams, for linear total work on a long answer.
+//
+// Only the source after the last finished top-level block is kept and re-rendered: a block is
+// finished once a later block has started on a complete line (a partial line can still turn
+// "#" into "#hashtag" or "1" into "1.5"). Finished blocks become frozen DOM; list items are
+// blocks of their own, so a long list freezes item by item into a shared <ul>/<ol>. A fenced
+// code block still open at the top level is not re-rendered at all: its lines are appended to a
+// text node. Renders are batched to one per animation frame.
+//
+// While streaming, a partial last line made only of marker characters ("`", "##", "1.", "---",
+// "|:--") is held back until it is more, so a fence or heading does not flash as text first;
+// a last line starting with "|" waits one line to see whether it heads a table.
+
+import { fenceOpen, isFenceClose, parseBlocks, dedent } from "./blocks.js";
+import { codeBlock, listFor, listKey, renderBlock, renderItem } from "./render.js";
+
+const HOLD = /^[ \t]*[-=*_+#`~>|:.)0-9 \t]*$/;
+const FENCE_PREFIX = /^ {0,3}(`*|~*)[ \t]*$/;
+
+export class MarkdownStream {
+  constructor(container) {
+    this.container = container;
+    this.doc = container.ownerDocument;
+    this._pending = ""; // source after the last frozen block, line ends normalized to LF
+    this._afterCR = false;
+    this._tail = []; // nodes of the live tail, replaced on each render
+    this._list = null; // {el, key}: the last frozen top-level list, which new items may join
+    this._fence = null; // a top-level fence still open: {fence, code, partial}
+    this._frame = 0;
+    this._finished = false;
+  }
+
+  append(text) {
+    if (!text || this._finished) return;
+    // One kind of line end from here on; a CRLF split across two tokens still counts once.
+    if (this._afterCR && text[0] === "\n") text = text.slice(1);
+    this._afterCR = text.endsWith("\r");
+    this._pending += text.replace(/\r\n?/g, "\n");
+    if (!this._frame) this._frame = requestAnimationFrame(() => this.render());
+  }
+
+  /** The text is complete: render everything now, holding nothing back. */
+  finish() {
+    this._finished = true;
+    this.render();
+  }
+
+  render() {
+    if (this._frame) cancelAnimationFrame(this._frame);
+    this._frame = 0;
+    for (;;) {
+      if (this._fence && !this._advanceFence()) return;
+      if (!this._freeze()) break;
+    }
+    this._renderTail();
+  }
+
+  // Freeze finished blocks; true if the last block is an open fence (it now grows in place).
+  _freeze() {
+    const cut = this._pending.lastIndexOf("\n") + 1;
+    if (cut === 0) return false;
+    const lines = this._pending.slice(0, cut - 1).split("\n");
+    const blocks = parseBlocks(lines);
+    const last = blocks[blocks.length - 1];
+    const keep = last ? last.start : lines.length;
+    const openFence = last && last.type === "fence" && !last.closed;
+    if (keep === 0 && !openFence) return false;
+    this._clearTail();
+    for (const block of blocks.slice(0, -1)) this._emit(block, this, false);
+    let offset = 0;
+    for (let i = 0; i < keep; i++) offset += lines[i].length + 1;
+    this._pending = this._pending.slice(offset);
+    if (!openFence) return false;
+    const fence = fenceOpen(lines[keep]);
+    const { pre, code } = codeBlock(fence.info, this.doc);
+    const partial = this.doc.createTextNode("");
+    code.append(this.doc.createTextNode(""), partial);
+    this.container.appendChild(pre);
+    this._list = null;
+    this._fence = { fence, text: code.firstChild, partial };
+    this._pending = this._pending.slice(lines[keep].length + 1);
+    return true;
+  }
+
+  // Append the open fence's new complete lines; true once its closing line has come.
+  _advanceFence() {
+    const { fence, text, partial } = this._fence;
+    let start = 0;
+    let closed = false;
+    let added = "";
+    for (let nl = this._pending.indexOf("\n"); nl !== -1; nl = this._pending.indexOf("\n", start)) {
+      const line = this._pending.slice(start, nl);
+      start = nl + 1;
+      if (isFenceClose(line, fence)) {
+        closed = true;
+        break;
+      }
+      added += (text.length + added.length ? "\n" : "") + dedent(line, fence.indent);
+    }
+    this._pending = this._pending.slice(start);
+    if (added) text.appendData(added);
+    const rest = this._pending;
+    if (!closed && this._finished && isFenceClose(rest, fence)) closed = true;
+    if (closed || this._finished) {
+      if (!closed && rest) text.appendData((text.length ? "\n" : "") + dedent(rest, fence.indent));
+      partial.remove();
+      this._fence = null;
+      if (!closed) this._pending = "";
+      else if (this._finished && isFenceClose(rest, fence)) this._pending = "";
+      return closed;
+    }
+    // The unfinished line: shown as it grows, unless it may be the closing fence.
+    const held = FENCE_PREFIX.test(rest) && (rest.trim() === "" || rest.trim()[0] === fence.ch);
+    const shown = held ? "" : dedent(rest, fence.indent);
+    partial.data = shown && text.length ? `\n${shown}` : shown;
+    return false;
+  }
+
+  _renderTail() {
+    this._clearTail();
+    let src = this._pending;
+    if (!this._finished) {
+      const nl = src.lastIndexOf("\n");
+      if (HOLD.test(src.slice(nl + 1))) src = src.slice(0, nl + 1);
+    }
+    if (!src) return;
+    const lines = src.split("\n");
+    if (lines[lines.length - 1] === "") lines.pop();
+    const blocks = parseBlocks(lines);
+    const last = blocks[blocks.length - 1];
+    if (!this._finished && last && last.type === "paragraph") {
+      const para = last.text.split("\n");
+      if (para[para.length - 1].startsWith("|")) {
+        para.pop();
+        if (para.length) last.text = para.join("\n");
+        else blocks.pop();
+      }
+    }
+    const state = { _list: this._list };
+    for (const block of blocks) this._emit(block, state, true);
+  }
+
+  // Render a top-level block at the end; items join the open list when they match it.
+  _emit(block, state, live) {
+    let node;
+    if (block.type === "item") {
+      const key = listKey(block);
+      if (state._list && state._list.key === key) {
+        node = state._list.el.appendChild(renderItem(block, this.doc));
+      } else {
+        node = this.container.appendChild(listFor(block, this.doc));
+        node.appendChild(renderItem(block, this.doc));
+        state._list = { el: node, key };
+      }
+    } else {
+      node = this.container.appendChild(renderBlock(block, this.doc));
+      state._list = null;
+    }
+    if (live) this._tail.push(node);
+  }
+
+  _clearTail() {
+    for (const node of this._tail) node.remove();
+    this._tail = [];
+  }
+}
