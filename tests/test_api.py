@@ -93,6 +93,7 @@ def test_only_the_starting_key_may_attach_or_cancel(service: Service, sim: Any) 
     stream = start(service.url, {"messages": sim_prompt(tokens=5, stall_after=2)},
                    headers=auth(KEY_A))
     stream_id = stream.headers["X-Stream-Id"]
+    assert sim.wait_for_requests(1, 10)
     for path, method in ((f"/api/chat/stream/{stream_id}", "GET"),
                          (f"/api/chat/stream/{stream_id}/cancel", "POST")):
         code, _, raw = request(service.url, method, path, headers=auth(KEY_B))
