@@ -133,13 +133,18 @@ def _make_client(settings: Settings) -> openai.OpenAI:
         max_keepalive_connections=min(settings.WORKER_CONNECTIONS, 256),
     )
     key = settings.OPENAI_API_KEY
-    return openai.OpenAI(
+    client = openai.OpenAI(
         api_key=key.get_secret_value() if key is not None else None,
         base_url=settings.OPENAI_BASE_URL,
         max_retries=0,  # retries are ours: only before the first delta, inside FIRST_TOKEN_TIMEOUT
         timeout=timeout,
         http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits),
     )
+    # The SDK's platform headers call platform.platform(), which runs `uname -p` in a
+    # subprocess the first time: compute them now, or hundreds of first requests arriving at
+    # once each fork the worker.
+    _ = client.default_headers
+    return client
 
 
 def _status_error(status: int, headers: httpx2.Headers) -> UpstreamError:

@@ -127,6 +127,7 @@ def _strings(value: Any) -> bool:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # benchmarks open hundreds of streams at once
     sim: UpstreamSimulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:

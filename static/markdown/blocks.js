@@ -216,7 +216,7 @@ function parseItem(lines, i, marker, depth, blocks) {
     }
     let text;
     if (indentOf(l) >= marker.contentIndent) text = dedent(l, marker.contentIndent);
-    else if (!innerFence && !isBlank(lines[i - 1]) && !interrupts(l) && !isFenceLine(inner))
+    else if (!innerFence && !isBlank(lines[i - 1]) && !interrupts(l) && !listMarker(l) && !isFenceLine(inner))
       text = l; // lazy continuation of the item's paragraph
     else break;
     inner.push(text);

@@ -313,7 +313,7 @@ function unlink(node) {
   if (node.next) node.next.prev = node.prev;
 }
 
-function appendNodes(node, parent) {
+function appendNodes(node, parent, inLink = false) {
   const doc = parent.ownerDocument;
   for (; node; node = node.next) {
     switch (node.k) {
@@ -334,13 +334,13 @@ function appendNodes(node, parent) {
         break;
       case "el": {
         const el = doc.createElement(node.tag);
-        appendNodes(node.first, el);
+        appendNodes(node.first, el, inLink);
         parent.appendChild(el);
         break;
       }
       case "link":
       case "image":
-        parent.appendChild(linkElement(node, doc));
+        parent.appendChild(linkElement(node, doc, inLink));
         break;
       default:
         break;
@@ -348,17 +348,19 @@ function appendNodes(node, parent) {
   }
 }
 
-function linkElement(node, doc) {
-  const href = safeHref(node.href);
+function linkElement(node, doc, inLink) {
+  // a link inside a link (an image in one, a bare URL in its text) stays text
+  const href = inLink ? null : safeHref(node.href);
   const el = doc.createElement(href ? "a" : "span");
   if (node.k === "image") {
     el.className = "image-link";
     const alt = doc.createElement("span");
-    appendNodes(node.first, alt);
+    appendNodes(node.first, alt, true);
     el.append(`[image${alt.textContent ? ": " : ""}`, ...alt.childNodes, "]");
   } else {
-    appendNodes(node.first, el);
+    appendNodes(node.first, el, true);
   }
+  if (inLink) return el;
   if (href) {
     el.href = href;
     el.title = href;

@@ -28,6 +28,7 @@ export class MarkdownStream {
     this._fence = null; // a top-level fence still open: {fence, code, partial}
     this._frame = 0;
     this._finished = false;
+    this.onRender = null; // called after each render, e.g. to keep the end in view
   }
 
   append(text) {
@@ -49,10 +50,13 @@ export class MarkdownStream {
     if (this._frame) cancelAnimationFrame(this._frame);
     this._frame = 0;
     for (;;) {
-      if (this._fence && !this._advanceFence()) return;
-      if (!this._freeze()) break;
+      if (this._fence && !this._advanceFence()) break;
+      if (!this._fence && !this._freeze()) {
+        this._renderTail();
+        break;
+      }
     }
-    this._renderTail();
+    if (this.onRender) this.onRender();
   }
 
   // Freeze finished blocks; true if the last block is an open fence (it now grows in place).
@@ -77,42 +81,44 @@ export class MarkdownStream {
     code.append(this.doc.createTextNode(""), partial);
     this.container.appendChild(pre);
     this._list = null;
-    this._fence = { fence, text: code.firstChild, partial };
+    this._fence = { fence, text: code.firstChild, partial, lines: 0 };
     this._pending = this._pending.slice(lines[keep].length + 1);
     return true;
   }
 
   // Append the open fence's new complete lines; true once its closing line has come.
   _advanceFence() {
-    const { fence, text, partial } = this._fence;
+    const f = this._fence;
     let start = 0;
     let closed = false;
     let added = "";
     for (let nl = this._pending.indexOf("\n"); nl !== -1; nl = this._pending.indexOf("\n", start)) {
       const line = this._pending.slice(start, nl);
       start = nl + 1;
-      if (isFenceClose(line, fence)) {
+      if (isFenceClose(line, f.fence)) {
         closed = true;
         break;
       }
-      added += (text.length + added.length ? "\n" : "") + dedent(line, fence.indent);
+      added += (f.lines++ ? "\n" : "") + dedent(line, f.fence.indent);
     }
-    this._pending = this._pending.slice(start);
-    if (added) text.appendData(added);
-    const rest = this._pending;
-    if (!closed && this._finished && isFenceClose(rest, fence)) closed = true;
-    if (closed || this._finished) {
-      if (!closed && rest) text.appendData((text.length ? "\n" : "") + dedent(rest, fence.indent));
-      partial.remove();
+    if (added) f.text.appendData(added);
+    let rest = this._pending.slice(start);
+    if (this._finished && !closed) {
+      // the end of the text closes the fence; its unfinished last line is a line too
+      if (rest && !isFenceClose(rest, f.fence)) f.text.appendData((f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent));
+      rest = "";
+      closed = true;
+    }
+    this._pending = rest;
+    if (closed) {
+      f.partial.remove();
       this._fence = null;
-      if (!closed) this._pending = "";
-      else if (this._finished && isFenceClose(rest, fence)) this._pending = "";
-      return closed;
+      return true;
     }
-    // The unfinished line: shown as it grows, unless it may be the closing fence.
-    const held = FENCE_PREFIX.test(rest) && (rest.trim() === "" || rest.trim()[0] === fence.ch);
-    const shown = held ? "" : dedent(rest, fence.indent);
-    partial.data = shown && text.length ? `\n${shown}` : shown;
+    // The unfinished line shows as it grows, unless it may yet be the closing fence.
+    const held = FENCE_PREFIX.test(rest) && (rest.trim() === "" || rest.trim()[0] === f.fence.ch);
+    const shown = held ? "" : dedent(rest, f.fence.indent);
+    f.partial.data = shown && f.lines ? `\n${shown}` : shown;
     return false;
   }
 

