@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -74,9 +75,11 @@ class Generation:
         self._metrics = metrics
         self._on_end = on_end
         self._clock = clock
-        self._cond = threading.Condition()
-        self._inbox: list[Item] = []
+        # The pump's single wake-up: set by the reader (items), cancel, attach and detach.
+        self._wake = threading.Event()
+        self._inbox: deque[Item] = deque()  # appended by the reader, drained by the pump
         self._cancelled = False
+        self._lock = threading.Lock()
         self._clients = 0
         self._alone_since: float | None = None
         self._stop = threading.Event()  # tells the reader to give up
@@ -98,22 +101,21 @@ class Generation:
         spawn(self._pump, f"pump-{self.stream_id[:8]}")
 
     def cancel(self) -> None:
-        with self._cond:
-            self._cancelled = True
-            self._cond.notify()
+        self._cancelled = True
+        self._wake.set()
 
     def attach(self) -> None:
-        with self._cond:
+        with self._lock:
             self._clients += 1
             self._alone_since = None
         self._metrics.clients_attached.inc()
 
     def detach(self) -> None:
-        with self._cond:
+        with self._lock:
             self._clients -= 1
             if self._clients == 0:
                 self._alone_since = self._clock()
-                self._cond.notify()
+        self._wake.set()
         self._metrics.clients_attached.dec()
 
     # -- the reader ---------------------------------------------------------------------
@@ -164,9 +166,8 @@ class Generation:
                 raise
 
     def _put(self, items: list[Item]) -> None:
-        with self._cond:
-            self._inbox.extend(items)
-            self._cond.notify()
+        self._inbox.extend(items)
+        self._wake.set()
 
     def _stop_reader(self) -> None:
         self._stop.set()
@@ -201,26 +202,27 @@ class Generation:
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
         metrics = self._metrics
+        inbox = self._inbox
+        wake = self._wake
         while True:
-            with self._cond:
-                while not self._inbox and not self._cancelled:
-                    now = self._clock()
-                    deadline = min(
-                        d for d in (
-                            buffers[CONTENT].deadline,
-                            buffers[REASONING].deadline,
-                            first_deadline if idle_deadline is None else idle_deadline,
-                            total_deadline,
-                            None if self._alone_since is None
-                            else self._alone_since + s.RESUME_GRACE,
-                        ) if d is not None
-                    )
-                    if now >= deadline:
-                        break
-                    self._cond.wait(deadline - now)
-                items, self._inbox = self._inbox, []
-                cancelled = self._cancelled
-                alone_since = self._alone_since
+            while not inbox and not self._cancelled:
+                now = self._clock()
+                deadline = first_deadline if idle_deadline is None else idle_deadline
+                if total_deadline < deadline:
+                    deadline = total_deadline
+                for d in (buffers[CONTENT].deadline, buffers[REASONING].deadline):
+                    if d is not None and d < deadline:
+                        deadline = d
+                if self._alone_since is not None:
+                    deadline = min(deadline, self._alone_since + s.RESUME_GRACE)
+                if now >= deadline:
+                    break
+                # Cleared before the inbox is looked at again, so no wake-up is lost.
+                wake.wait(deadline - now)
+                wake.clear()
+            items = [inbox.popleft() for _ in range(len(inbox))]
+            cancelled = self._cancelled
+            alone_since = self._alone_since
             now = self._clock()
             out: list[bytes] = []
             terminal: dict[str, Any] | None = None

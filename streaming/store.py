@@ -47,9 +47,16 @@ class StreamStore(Protocol):
 @dataclass(slots=True, eq=False)
 class _Log:
     owner: str | None
-    cond: threading.Condition = field(default_factory=threading.Condition)
     events: list[bytes] = field(default_factory=list)
     ended: bool = False
+    # Broadcast by replacement: readers wait on the current event; a writer swaps in a fresh
+    # one and sets the old. Cheaper than a Condition (no lock per waiter), under gevent
+    # (threading.Event is gevent's then) and threads alike.
+    changed: threading.Event = field(default_factory=threading.Event)
+
+    def notify(self) -> None:
+        old, self.changed = self.changed, threading.Event()
+        old.set()
 
 
 class MemoryStore:
@@ -75,17 +82,17 @@ class MemoryStore:
 
     def append(self, stream_id: str, events: list[bytes]) -> None:
         log = self._logs[stream_id]
-        with log.cond:
-            if log.ended:
-                raise ValueError("stream already ended")
-            log.events.extend(events)
-            log.cond.notify_all()
+        # One producer per stream appends; readers only read: no lock needed beyond the GIL,
+        # as long as the events are in place before the readers are told.
+        if log.ended:
+            raise ValueError("stream already ended")
+        log.events.extend(events)
+        log.notify()
 
     def finish(self, stream_id: str) -> None:
         log = self._logs[stream_id]
-        with log.cond:
-            log.ended = True
-            log.cond.notify_all()
+        log.ended = True
+        log.notify()
         with self._lock:
             self._ended.append((self._clock() + self._ttl, stream_id))
             self._expire_locked()
@@ -95,16 +102,18 @@ class MemoryStore:
 
     def read(self, stream_id: str, cursor: int, timeout: float) -> tuple[list[bytes], bool]:
         log = self._get(stream_id)
-        with log.cond:
-            if len(log.events) <= cursor and not log.ended and timeout > 0:
-                log.cond.wait(timeout)
-            return log.events[cursor:], log.ended
+        if len(log.events) <= cursor and not log.ended and timeout > 0:
+            changed = log.changed
+            # Checked again after taking the event: an append in between has set it already.
+            if len(log.events) <= cursor and not log.ended:
+                changed.wait(timeout)
+        ended = log.ended  # read before the events: if it ended, they are all there
+        return log.events[cursor:], ended
 
     def wake(self, stream_id: str) -> None:
         log = self._logs.get(stream_id)
         if log is not None:
-            with log.cond:
-                log.cond.notify_all()
+            log.notify()
 
     def ping(self) -> bool:
         return True
