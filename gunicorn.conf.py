@@ -24,10 +24,10 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 timeout = 30
 # After SIGTERM the worker stops accepting, answers 503 on kept-alive connections, and gives
 # running streams this long to finish before it is killed (finally blocks included). Streams
-# run up to STREAM_TIMEOUT (600 s), far longer than a deploy should wait; 30 s lets short
-# answers end cleanly, and clients of longer ones see the connection end and resume elsewhere
-# once the Redis store lets them.
-graceful_timeout = 30
+# run up to STREAM_TIMEOUT (600 s), far longer than a deploy should wait; 30 s (or
+# GRACEFUL_TIMEOUT) lets most answers end cleanly. Just before the kill, streams still running
+# end with an `error` event (`producer_lost`), so clients see why rather than a cut connection.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 # Idle keep-alive between requests (nginx -> gunicorn); streams themselves are not idle.
 keepalive = 5
 
@@ -72,7 +72,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     # Let the app see SIGTERM: requests on kept-alive connections then get 503.
     manager = getattr(worker.wsgi, "extensions", {}).get("llm_stream")
     if manager is not None:
-        manager.watch_server(lambda: worker.alive)
+        manager.watch_server(lambda: worker.alive, worker.cfg.graceful_timeout)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

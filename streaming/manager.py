@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .errors import ApiError
+from .green import spawn
 from .metrics import Metrics
 from .provider import Provider
 from .relay import Generation
@@ -42,9 +44,23 @@ class StreamManager:
         """True once the server stopped taking work (gunicorn got SIGTERM)."""
         return not self._serving()
 
-    def watch_server(self, serving: Callable[[], bool]) -> None:
-        """Tell the manager how to ask the server whether it still takes work."""
+    def watch_server(self, serving: Callable[[], bool], graceful_timeout: float) -> None:
+        """Follow the server's life: once it stops taking work (SIGTERM), running streams get
+        until just before `graceful_timeout`, then end with `producer_lost`, so that their
+        clients read a terminal event instead of a cut connection when the worker is killed."""
         self._serving = serving
+        margin = min(3.0, graceful_timeout * 0.3)
+
+        def watch() -> None:
+            while serving():
+                time.sleep(1.0)
+            deadline = time.monotonic() + graceful_timeout - margin
+            while self._running and time.monotonic() < deadline:
+                time.sleep(0.25)
+            for generation in list(self._running.values()):
+                generation.abandon()
+
+        spawn(watch, "drain-watch")
 
     def __len__(self) -> int:
         return len(self._running)
@@ -79,10 +95,6 @@ class StreamManager:
     def cancel(self, stream_id: str) -> None:
         generation = self._running.get(stream_id)
         if generation is not None:
-            generation.cancel()
-
-    def cancel_all(self) -> None:
-        for generation in list(self._running.values()):
             generation.cancel()
 
     def _ended(self, generation: Generation) -> None:

@@ -79,6 +79,7 @@ class Generation:
         self._wake = threading.Event()
         self._inbox: deque[Item] = deque()  # appended by the reader, drained by the pump
         self._cancelled = False
+        self._abandoned = False
         self._lock = threading.Lock()
         self._clients = 0
         self._alone_since: float | None = None
@@ -102,6 +103,11 @@ class Generation:
 
     def cancel(self) -> None:
         self._cancelled = True
+        self._wake.set()
+
+    def abandon(self) -> None:
+        """End the stream with `producer_lost`: this worker is about to be stopped."""
+        self._abandoned = True
         self._wake.set()
 
     def attach(self) -> None:
@@ -205,7 +211,7 @@ class Generation:
         inbox = self._inbox
         wake = self._wake
         while True:
-            while not inbox and not self._cancelled:
+            while not inbox and not self._cancelled and not self._abandoned:
                 now = self._clock()
                 deadline = first_deadline if idle_deadline is None else idle_deadline
                 if total_deadline < deadline:
@@ -266,7 +272,11 @@ class Generation:
                     or (idle_deadline is not None and now >= idle_deadline)
                     or now >= total_deadline
                 )
-                if cancelled or (alone_since is not None and now >= alone_since + s.RESUME_GRACE):
+                if self._abandoned:
+                    outcome = "producer_lost"
+                    terminal = {"type": "error", "code": "producer_lost",
+                                "message": "the server is restarting; start the answer again"}
+                elif cancelled or (alone_since is not None and now >= alone_since + s.RESUME_GRACE):
                     outcome = "cancelled"
                     terminal = {"type": "done", "finish_reason": "cancelled", "usage": None}
                 elif timed_out:

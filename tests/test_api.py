@@ -218,6 +218,7 @@ def test_draining_answers_503_on_kept_alive_connections(service_factory: Any,
         body = response.read()
         if response.getheader("Connection", "").lower() == "close":
             break
+    keep.close()
     assert status == 503
     assert json.loads(body)["error"]["type"] == "draining"
     # The stream that was running finishes untouched.
@@ -225,3 +226,21 @@ def test_draining_answers_503_on_kept_alive_connections(service_factory: Any,
     assert events[-2].json["finish_reason"] == "stop"
     assert text_of(events) == "".join(f"t{i} " for i in range(40))
     assert stream_id
+
+
+def test_streams_left_at_shutdown_end_with_producer_lost(service_factory: Any,
+                                                         sim: Any) -> None:
+    svc = service_factory(openai_env(sim, HEARTBEAT_INTERVAL=1, GRACEFUL_TIMEOUT=5))
+    running = start(svc.url, {"messages": sim_prompt(tokens=1000, delay=0.05)})
+    for event in running.events():
+        if event.json["type"] == "token":
+            break
+    stopped = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    events = collect(running)
+    assert events[-2].json["type"] == "error"
+    assert events[-2].json["code"] == "producer_lost"
+    # Ended before gunicorn's kill at 5 s, and the worker then exits on its own.
+    assert time.monotonic() - stopped < 5
+    assert svc.proc.wait(10) == 0
+    assert sim.requests[0].wait_closed(5)
