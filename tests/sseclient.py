@@ -163,7 +163,7 @@ def request(base: str, method: str, path: str, body: Any = None,
     hdrs = {k: v for k, v in hdrs.items() if v is not None}  # None: send no such header
     try:
         conn.request(method, path, body=payload, headers=hdrs)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        with conn.getresponse() as resp:
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()

@@ -7,6 +7,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -244,3 +245,43 @@ def test_streams_left_at_shutdown_end_with_producer_lost(service_factory: Any,
     assert time.monotonic() - stopped < 5
     assert svc.proc.wait(10) == 0
     assert sim.requests[0].wait_closed(5)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 1020 + b"]" * 1020,  # past orjson's nesting limit, within MAX_BODY_BYTES
+        b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e3}',
+        b'{"messages": [{"role": "user", "content": {"text": "hi"}}]}',
+        b'{"messages": [null]}',
+        b'{"messages": {"0": {"role": "user", "content": "hi"}}}',
+        b'"just a string"',
+        b"\x00\x01\x02",
+        b'{"messages": [{"role": "user", "content": "hi"}]} trailing',
+    ],
+    ids=["deep", "lone-surrogate", "inf", "float-tokens", "content-object", "null-message",
+         "messages-object", "string", "binary", "trailing"],
+)
+def test_odd_bodies_are_4xx_never_5xx(service: Service, sim: Any, raw: bytes) -> None:
+    code, _, body = request(service.url, "POST", "/api/chat/stream", raw,
+                            {"Content-Type": "application/json", **auth()})
+    assert code in (400, 422), body
+    assert json.loads(body)["error"]["message"]
+    assert not sim.requests
+
+
+def test_open_files_limit_fits_two_sockets_per_stream(service_factory: Any, sim: Any) -> None:
+    import resource
+    import subprocess
+
+    svc = service_factory({"WORKER_CONNECTIONS": 3000})
+    worker = subprocess.run(["pgrep", "-P", str(svc.proc.pid)], capture_output=True,
+                            text=True, check=True).stdout.split()[0]
+    limits = Path(f"/proc/{worker}/limits").read_text()
+    soft = int(next(line for line in limits.splitlines()
+                    if line.startswith("Max open files")).split()[3])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 2 * 3000 + 256
+    assert soft >= (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard))
