@@ -42,5 +42,8 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+screenshot: $(VENV)/.installed
+	$(BIN)/python tests/browser.py docs/screenshot.png
+
 bench: $(VENV)/.installed
 	$(BIN)/python bench/relay_bench.py

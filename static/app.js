@@ -20,6 +20,7 @@ class ChatPage {
     this.apiKey = $("api-key"); // present only when the service requires a key
     this.messages = $("messages");
     this.clear = $("clear");
+    this.requiresKey = doc.body.dataset.requiresKey === "true";
     this.history = []; // the conversation as sent in `messages`
     this.current = null; // {stream, reply} while a reply is in progress
     this.follow = true; // keep the newest text in view until the reader scrolls up
@@ -53,6 +54,11 @@ class ChatPage {
   async submit() {
     const text = this.prompt.value.trim();
     if (this.current || !text) return;
+    if (this.requiresKey && !this.apiKey.value.trim()) {
+      this.apiKey.reportValidity(); // the field is required: the browser says so by it
+      this.apiKey.focus();
+      return;
+    }
     const userTurn = { role: "user", content: text };
     this.history.push(userTurn);
     const bubble = this.appendUser(text);

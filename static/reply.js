@@ -40,6 +40,7 @@ export class Reply {
     this.stats = el("span", "stats", meta);
     this.markdown = new MarkdownStream(this.content);
     this.markdown.onRender = onRender;
+    this.onChange = onRender; // after changes outside the Markdown, too
     this.setState("streaming", "waiting for the first token…");
   }
 
@@ -79,6 +80,7 @@ export class Reply {
         this.reasoning.hidden = false;
         this.reasoningBody.appendData(String(event.token));
         this.reasoningText += event.token;
+        this.onChange();
         break;
       case "tool_call":
         this.toolCall(event);
@@ -106,6 +108,7 @@ export class Reply {
     if (event.arguments) call.args += String(event.arguments);
     call.el.textContent = `🔧 ${call.name || "tool"}(${call.args})`;
     this.firstToken();
+    this.onChange();
   }
 
   /** The stream is over: settle the state from its result and terminal event. */
@@ -136,6 +139,7 @@ export class Reply {
     this.error.hidden = false;
     this.error.textContent = message;
     this.updateStats(true);
+    this.onChange();
   }
 
   updateStats(final, usage) {

@@ -95,7 +95,8 @@ def wait_state(reply: Any, *states: str, timeout: float = 30.0) -> str:
     return str(reply.get_attribute("data-state"))
 
 
-def capture_screenshot(page: Any, path: Path, prompt: str = "How does streaming work here?") -> Path:
+def capture_screenshot(page: Any, path: Path,
+                       prompt: str = "How does streaming work here?") -> Path:
     """Ask the simulated provider a question and save the page once a code block is streaming."""
     page.set_viewport_size({"width": 1000, "height": 860})
     reply = ask(page, prompt)

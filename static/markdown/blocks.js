@@ -114,6 +114,13 @@ export function splitCells(line) {
   return cells;
 }
 
+/** The cells of a body row, as many as the header has (GFM: extra ones are dropped). */
+export function rowCells(line, count) {
+  const cells = splitCells(line).slice(0, count);
+  while (cells.length < count) cells.push("");
+  return cells;
+}
+
 function isTableStart(lines, i) {
   if (i + 1 >= lines.length || !lines[i].includes("|")) return false;
   const delim = lines[i + 1];
@@ -122,7 +129,7 @@ function isTableStart(lines, i) {
 }
 
 /** Does this line start a block that ends a paragraph (CommonMark "interrupt")? */
-function interrupts(line) {
+export function interrupts(line) {
   if (ATX.test(line) || HR.test(line) || QUOTE.test(line) || fenceOpen(line)) return true;
   const item = listMarker(line);
   // An empty item, or a numbered one not starting at 1, cannot interrupt a paragraph.
@@ -177,9 +184,7 @@ export function parseBlocks(lines, depth = 0) {
         c.endsWith(":") ? (c.startsWith(":") ? "center" : "right") : c.startsWith(":") ? "left" : "");
       const rows = [];
       for (i += 2; i < lines.length && !isBlank(lines[i]) && !interrupts(lines[i]); i++) {
-        const cells = splitCells(lines[i]).slice(0, head.length);
-        while (cells.length < head.length) cells.push("");
-        rows.push(cells);
+        rows.push(rowCells(lines[i], head.length));
       }
       blocks.push({ type: "table", start, end: i, head, align, rows });
     } else {

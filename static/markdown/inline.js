@@ -1,12 +1,13 @@
-// Inline Markdown (CommonMark's delimiter algorithm, simplified) turned straight into DOM nodes.
+// Inline Markdown (a CommonMark + GFM subset) turned straight into DOM nodes.
 //
 // Model output is untrusted: nodes are made with createElement/createTextNode only, never from
 // markup, and no attribute comes from the text except an href that parsed as an absolute
 // http(s) URL. Raw HTML stays visible text. Images become links (or text): an <img> would let
 // injected instructions send data out just by being rendered.
 
-const PUNCT = /[\p{P}\p{S}]/u;
-const SPACE = /\s/u;
+import { delimiterRun, processEmphasis } from "./emphasis.js";
+import { linkTail, safeHref } from "./links.js";
+
 const ESCAPABLE = /[!-/:-@[-`{-~]/;
 const SPECIAL = /[\\`*_~![\]<&\nh]/g;
 const BARE_URL = /https?:\/\/[^\s<>]+/y;
@@ -15,17 +16,6 @@ const AUTOLINK = /<([a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>/y;
 const BR_TAG = /<br\s*\/?>/iy;
 const NAMED = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0", copy: "©",
   reg: "®", hellip: "…", mdash: "—", ndash: "–", rarr: "→", larr: "←", times: "×" };
-
-/** An absolute http(s) URL, normalized, or null: everything else is neutralized. */
-export function safeHref(raw) {
-  let url;
-  try {
-    url = new URL(raw.trim()); // no base: a relative reference is refused too
-  } catch {
-    return null;
-  }
-  return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
-}
 
 /** Append the inline content of `text` to `parent`. */
 export function renderInline(text, parent) {
@@ -96,18 +86,10 @@ function parseInline(src) {
         i += run;
         continue;
       }
-      const before = i > 0 ? src[i - 1] : " ";
+      const before = i > 0 ? src[i - 1] : " "; // the ends of the text count as spaces
       const after = i + run < src.length ? src[i + run] : " ";
-      const left = !SPACE.test(after) && (!PUNCT.test(after) || SPACE.test(before) || PUNCT.test(before));
-      const right = !SPACE.test(before) && (!PUNCT.test(before) || SPACE.test(after) || PUNCT.test(after));
-      let canOpen = left;
-      let canClose = right;
-      if (c === "_") {
-        canOpen = left && (!right || PUNCT.test(before));
-        canClose = right && (!left || PUNCT.test(after));
-      }
       flush();
-      delims.push(add({ k: "delim", ch: c, len: run, orig: run, canOpen, canClose }));
+      delims.push(add(delimiterRun(c, run, before, after)));
       i += run;
     } else if (c === "!" || c === "[") {
       const image = c === "!";
@@ -206,111 +188,6 @@ function decodeEntity(name) {
   const code = name[1] === "x" || name[1] === "X" ? parseInt(name.slice(2), 16) : parseInt(name.slice(1), 10);
   if (code === 0 || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return "\ufffd";
   return String.fromCodePoint(code);
-}
-
-// `(destination "title")` after a closing bracket: {href, end} or null.
-function linkTail(src, i) {
-  if (src[i] !== "(") return null;
-  i++;
-  while (src[i] === " " || src[i] === "\t" || src[i] === "\n") i++;
-  let href = "";
-  if (src[i] === "<") {
-    const close = src.indexOf(">", i);
-    if (close === -1 || /[\n<]/.test(src.slice(i + 1, close))) return null;
-    href = src.slice(i + 1, close);
-    i = close + 1;
-  } else {
-    let depth = 0;
-    for (; i < src.length; i++) {
-      const c = src[i];
-      if (c === "\\" && i + 1 < src.length && ESCAPABLE.test(src[i + 1])) href += src[++i];
-      else if (/\s/.test(c)) break;
-      else if (c === "(") {
-        depth++;
-        href += c;
-      } else if (c === ")") {
-        if (depth === 0) break;
-        depth--;
-        href += c;
-      } else href += c;
-    }
-  }
-  while (src[i] === " " || src[i] === "\t" || src[i] === "\n") i++;
-  const quote = { '"': '"', "'": "'", "(": ")" }[src[i]];
-  if (quote) {
-    const close = src.indexOf(quote, i + 1);
-    if (close === -1) return null;
-    i = close + 1; // the title is dropped: hovering shows the destination instead
-    while (src[i] === " " || src[i] === "\t" || src[i] === "\n") i++;
-  }
-  return src[i] === ")" ? { href, end: i + 1 } : null;
-}
-
-// CommonMark "process emphasis": match closers with the nearest compatible opener.
-function processEmphasis(delims, bottom) {
-  const floor = {}; // per kind of closer: below here no opener can match (keeps this linear)
-  let ci = bottom;
-  while (ci < delims.length) {
-    const closer = delims[ci];
-    if (!closer.canClose) {
-      ci++;
-      continue;
-    }
-    const kind = `${closer.ch}${closer.canOpen ? 1 : 0}${closer.orig % 3}`;
-    let oi = ci - 1;
-    const stop = Math.max(bottom, floor[kind] ?? bottom);
-    for (; oi >= stop; oi--) {
-      const o = delims[oi];
-      if (o.ch === closer.ch && o.canOpen && matches(o, closer)) break;
-    }
-    if (oi < stop) {
-      floor[kind] = ci;
-      if (closer.canOpen) ci++;
-      else delims.splice(ci, 1);
-      continue;
-    }
-    const opener = delims[oi];
-    const use = closer.ch === "~" ? closer.len : closer.len >= 2 && opener.len >= 2 ? 2 : 1;
-    const el = { k: "el", tag: closer.ch === "~" ? "del" : use === 2 ? "strong" : "em", first: null };
-    if (opener.next !== closer) {
-      el.first = opener.next;
-      el.first.prev = null;
-      closer.prev.next = null;
-    }
-    opener.next = el;
-    el.prev = opener;
-    el.next = closer;
-    closer.prev = el;
-    opener.len -= use;
-    closer.len -= use;
-    delims.splice(oi + 1, ci - oi - 1);
-    for (const key of Object.keys(floor)) floor[key] = Math.min(floor[key], oi);
-    ci = oi + 1;
-    if (opener.len === 0) {
-      unlink(opener);
-      delims.splice(oi, 1);
-      ci--;
-    }
-    if (closer.len === 0) {
-      unlink(closer);
-      delims.splice(ci, 1);
-    }
-  }
-  delims.length = bottom; // what is left is plain text
-}
-
-function matches(opener, closer) {
-  if (closer.ch === "~") return opener.len === closer.len;
-  // CommonMark's "rule of 3"
-  if ((opener.canClose || closer.canOpen) && (opener.orig + closer.orig) % 3 === 0) {
-    return opener.orig % 3 === 0 && closer.orig % 3 === 0;
-  }
-  return true;
-}
-
-function unlink(node) {
-  if (node.prev) node.prev.next = node.next;
-  if (node.next) node.next.prev = node.prev;
 }
 
 function appendNodes(node, parent, inLink = false) {

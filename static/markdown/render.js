@@ -97,28 +97,26 @@ export function codeBlock(info, doc) {
   return { pre, code };
 }
 
+export function tableRow(cells, align, tag, doc) {
+  const tr = doc.createElement("tr");
+  cells.forEach((cell, i) => {
+    const td = doc.createElement(tag);
+    if (align[i]) td.className = `align-${align[i]}`;
+    renderInline(cell, td);
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
 function table(block, doc) {
   const wrap = doc.createElement("div");
   wrap.className = "table-wrap"; // scrolls sideways on a narrow screen instead of the page
   const t = doc.createElement("table");
-  const row = (cells, tag) => {
-    const tr = doc.createElement("tr");
-    cells.forEach((cell, i) => {
-      const td = doc.createElement(tag);
-      if (block.align[i]) td.className = `align-${block.align[i]}`;
-      renderInline(cell, td);
-      tr.appendChild(td);
-    });
-    return tr;
-  };
   const thead = doc.createElement("thead");
-  thead.appendChild(row(block.head, "th"));
-  t.appendChild(thead);
-  if (block.rows.length) {
-    const tbody = doc.createElement("tbody");
-    for (const cells of block.rows) tbody.appendChild(row(cells, "td"));
-    t.appendChild(tbody);
-  }
+  thead.appendChild(tableRow(block.head, block.align, "th", doc));
+  const tbody = doc.createElement("tbody"); // even when empty: a streaming table grows into it
+  for (const cells of block.rows) tbody.appendChild(tableRow(cells, block.align, "td", doc));
+  t.append(thead, tbody);
   wrap.appendChild(t);
   return wrap;
 }

@@ -4,15 +4,16 @@
 // finished once a later block has started on a complete line (a partial line can still turn
 // "#" into "#hashtag" or "1" into "1.5"). Finished blocks become frozen DOM; list items are
 // blocks of their own, so a long list freezes item by item into a shared <ul>/<ol>. A fenced
-// code block still open at the top level is not re-rendered at all: its lines are appended to a
-// text node. Renders are batched to one per animation frame.
+// code block or a table still open at the top level is not re-rendered at all: complete lines
+// are appended to it (code text, table rows) and only its unfinished line is redrawn. Renders
+// are batched to one per animation frame.
 //
 // While streaming, a partial last line made only of marker characters ("`", "##", "1.", "---",
 // "|:--") is held back until it is more, so a fence or heading does not flash as text first;
 // a last line starting with "|" waits one line to see whether it heads a table.
 
-import { fenceOpen, isFenceClose, parseBlocks, dedent } from "./blocks.js";
-import { codeBlock, listFor, listKey, renderBlock, renderItem } from "./render.js";
+import { dedent, fenceOpen, interrupts, isBlank, isFenceClose, parseBlocks, rowCells } from "./blocks.js";
+import { codeBlock, listFor, listKey, renderBlock, renderItem, tableRow } from "./render.js";
 
 const HOLD = /^[ \t]*[-=*_+#`~>|:.)0-9 \t]*$/;
 const FENCE_PREFIX = /^ {0,3}(`*|~*)[ \t]*$/;
@@ -25,7 +26,7 @@ export class MarkdownStream {
     this._afterCR = false;
     this._tail = []; // nodes of the live tail, replaced on each render
     this._list = null; // {el, key}: the last frozen top-level list, which new items may join
-    this._fence = null; // a top-level fence still open: {fence, code, partial}
+    this._open = null; // a top-level fence or table that grows in place: see _grow*
     this._frame = 0;
     this._finished = false;
     this.onRender = null; // called after each render, e.g. to keep the end in view
@@ -50,8 +51,11 @@ export class MarkdownStream {
     if (this._frame) cancelAnimationFrame(this._frame);
     this._frame = 0;
     for (;;) {
-      if (this._fence && !this._advanceFence()) break;
-      if (!this._fence && !this._freeze()) {
+      if (this._open) {
+        const grow = this._open.fence ? this._growFence : this._growTable;
+        if (!grow.call(this, this._open)) break; // still open: nothing after it yet
+        this._open = null;
+      } else if (!this._freeze()) {
         this._renderTail();
         break;
       }
@@ -59,7 +63,8 @@ export class MarkdownStream {
     if (this.onRender) this.onRender();
   }
 
-  // Freeze finished blocks; true if the last block is an open fence (it now grows in place).
+  // Freeze finished blocks; true if the last block is an open fence or a table, which from now
+  // on grows in place.
   _freeze() {
     const cut = this._pending.lastIndexOf("\n") + 1;
     if (cut === 0) return false;
@@ -67,28 +72,36 @@ export class MarkdownStream {
     const blocks = parseBlocks(lines);
     const last = blocks[blocks.length - 1];
     const keep = last ? last.start : lines.length;
-    const openFence = last && last.type === "fence" && !last.closed;
-    if (keep === 0 && !openFence) return false;
+    const grows = last && ((last.type === "fence" && !last.closed) || last.type === "table");
+    if (keep === 0 && !grows) return false;
     this._clearTail();
     for (const block of blocks.slice(0, -1)) this._emit(block, this, false);
     let offset = 0;
     for (let i = 0; i < keep; i++) offset += lines[i].length + 1;
+    if (!grows) {
+      this._pending = this._pending.slice(offset);
+      return false;
+    }
+    for (let i = keep; i < last.end; i++) offset += lines[i].length + 1;
     this._pending = this._pending.slice(offset);
-    if (!openFence) return false;
-    const fence = fenceOpen(lines[keep]);
-    const { pre, code } = codeBlock(fence.info, this.doc);
-    const partial = this.doc.createTextNode("");
-    code.append(this.doc.createTextNode(""), partial);
-    this.container.appendChild(pre);
     this._list = null;
-    this._fence = { fence, text: code.firstChild, partial, lines: 0 };
-    this._pending = this._pending.slice(lines[keep].length + 1);
+    if (last.type === "fence") {
+      const fence = fenceOpen(lines[keep]);
+      const { pre, code } = codeBlock(fence.info, this.doc);
+      const text = this.doc.createTextNode(last.code.join("\n"));
+      const partial = this.doc.createTextNode("");
+      code.append(text, partial);
+      this.container.appendChild(pre);
+      this._open = { fence, text, partial, lines: last.code.length };
+    } else {
+      const wrap = this.container.appendChild(renderBlock(last, this.doc));
+      this._open = { body: wrap.querySelector("tbody"), align: last.align, partial: null };
+    }
     return true;
   }
 
-  // Append the open fence's new complete lines; true once its closing line has come.
-  _advanceFence() {
-    const f = this._fence;
+  // Append an open fence's new complete lines; true once it is closed (or the text is over).
+  _growFence(f) {
     let start = 0;
     let closed = false;
     let added = "";
@@ -101,24 +114,52 @@ export class MarkdownStream {
       }
       added += (f.lines++ ? "\n" : "") + dedent(line, f.fence.indent);
     }
-    if (added) f.text.appendData(added);
     let rest = this._pending.slice(start);
     if (this._finished && !closed) {
       // the end of the text closes the fence; its unfinished last line is a line too
-      if (rest && !isFenceClose(rest, f.fence)) f.text.appendData((f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent));
+      if (rest && !isFenceClose(rest, f.fence)) added += (f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent);
       rest = "";
       closed = true;
     }
+    if (added) f.text.appendData(added);
     this._pending = rest;
     if (closed) {
       f.partial.remove();
-      this._fence = null;
       return true;
     }
     // The unfinished line shows as it grows, unless it may yet be the closing fence.
     const held = FENCE_PREFIX.test(rest) && (rest.trim() === "" || rest.trim()[0] === f.fence.ch);
     const shown = held ? "" : dedent(rest, f.fence.indent);
     f.partial.data = shown && f.lines ? `\n${shown}` : shown;
+    return false;
+  }
+
+  // Append a table's new complete rows; true once a line ends it (or the text is over).
+  _growTable(t) {
+    let start = 0;
+    let closed = false;
+    const count = t.align.length;
+    for (let nl = this._pending.indexOf("\n"); nl !== -1; nl = this._pending.indexOf("\n", start)) {
+      const line = this._pending.slice(start, nl);
+      if (isBlank(line) || interrupts(line)) {
+        closed = true; // the line belongs to what comes next
+        break;
+      }
+      t.body.appendChild(tableRow(rowCells(line, count), t.align, "td", this.doc));
+      start = nl + 1;
+    }
+    this._pending = this._pending.slice(start);
+    if (t.partial) t.partial.remove();
+    t.partial = null;
+    const rest = this._pending;
+    if (closed) return true;
+    if (this._finished) {
+      if (isBlank(rest) || interrupts(rest)) return true;
+      t.body.appendChild(tableRow(rowCells(rest, count), t.align, "td", this.doc));
+      this._pending = "";
+      return true;
+    }
+    if (!HOLD.test(rest)) t.partial = t.body.appendChild(tableRow(rowCells(rest, count), t.align, "td", this.doc));
     return false;
   }
 
