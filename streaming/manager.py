@@ -81,10 +81,11 @@ class StreamManager:
                 raise _too_many("this key is at its limit of streams")
             self._running[stream_id] = generation
             self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+        generation.attach()
         try:
-            generation.attach()
             generation.start()
         except BaseException:
+            generation.detach()
             self._ended(generation)
             raise
         return generation

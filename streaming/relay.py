@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +90,7 @@ class Generation:
         self._reader: Any = None
         self._seq = 0
         self._token_index = 0
+        self._out: list[bytes] = []  # the events the pump has numbered but not yet written
         self.started_at = clock()
 
     # -- control, from any thread -------------------------------------------------------
@@ -143,8 +146,10 @@ class Generation:
                             self._put(items)
                             if self._stop.is_set():
                                 return
-                    if not self._stop.is_set():
-                        self._put([(_END, None)])
+                        # Told before the `with` ends: releasing the connection for reuse may
+                        # read a little more, and the client need not wait for that.
+                        if not self._stop.is_set():
+                            self._put([(_END, None)])
                     return
                 except UpstreamError as exc:
                     if self._stop.is_set():
@@ -166,7 +171,7 @@ class Generation:
                     self._upstream = None
         except BaseException as exc:
             if not self._stop.is_set():
-                log.exception("stream %s: reader failed", self.stream_id[:8])
+                log.error("stream %s: reader failed\n%s", self.stream_id[:8], _traceback())
                 self._put([(_FAIL, exc)])
             if not isinstance(exc, Exception):
                 raise
@@ -192,10 +197,9 @@ class Generation:
         try:
             self._run_pump()
         except Exception:
-            log.exception("stream %s: pump failed", self.stream_id[:8])
-            self._end([], {"type": "error", "code": "internal",
-                           "message": "the service failed while relaying this answer"},
-                      "internal")
+            log.error("stream %s: pump failed\n%s", self.stream_id[:8], _traceback())
+            # What this round had already numbered goes out first: no gap in seq.
+            self._end(self._out, INTERNAL_ERROR, "internal")
 
     def _run_pump(self) -> None:
         s = self._settings
@@ -231,7 +235,9 @@ class Generation:
             alone_since = self._alone_since
             now = self._clock()
             out: list[bytes] = []
+            self._out = out
             terminal: dict[str, Any] | None = None
+            reader_ended = False
             outcome = ""
             deltas = 0
             for kind, value in items:
@@ -254,6 +260,7 @@ class Generation:
                 elif kind == USAGE:
                     usage = _usage(value)
                 elif kind == _END:
+                    reader_ended = True
                     outcome = _finish_reason(finish_reason)
                     terminal = {"type": "done", "finish_reason": outcome, "usage": usage}
                 elif kind == _FAIL:
@@ -278,15 +285,15 @@ class Generation:
                                 "message": "the server is restarting; start the answer again"}
                 elif cancelled or (alone_since is not None and now >= alone_since + s.RESUME_GRACE):
                     outcome = "cancelled"
-                    terminal = {"type": "done", "finish_reason": "cancelled", "usage": None}
+                    terminal = {"type": "done", "finish_reason": "cancelled", "usage": usage}
                 elif timed_out:
                     outcome = "timeout"
                     terminal = {"type": "error", "code": "timeout",
                                 "message": _timeout_message(idle_deadline, now, total_deadline)}
             if terminal is not None:
-                self._stop_reader()
                 self._flush(buffers, None, out)
-                self._end(out, terminal, outcome)
+                # After the reader's own end it is releasing the connection: leave it be.
+                self._end(out, terminal, outcome, stop_reader=not reader_ended)
                 return
             if out:
                 self._store.append(self.stream_id, out)
@@ -306,23 +313,44 @@ class Generation:
         return self._event({"type": "token", "token": text, "index": index})
 
     def _event(self, payload: dict[str, Any]) -> bytes:
+        data = orjson.dumps(payload)  # before taking a seq: a failure here leaves no gap
         seq = self._seq
         self._seq += 1
-        return encode_json_event(seq, orjson.dumps(payload))
+        return encode_json_event(seq, data)
 
-    def _end(self, out: list[bytes], terminal: dict[str, Any], outcome: str) -> None:
-        """Write the terminal event and release everything."""
-        self._stop_reader()
+    def _end(self, out: list[bytes], terminal: dict[str, Any], outcome: str,
+             stop_reader: bool = True) -> None:
+        """Write the terminal event and release everything, whatever fails on the way."""
+        if stop_reader:
+            self._stop_reader()
         try:
-            out.append(self._event(terminal))
+            try:
+                out.append(self._event(terminal))
+            except Exception:
+                log.error("stream %s: bad terminal event\n%s", self.stream_id[:8], _traceback())
+                out.append(self._event(INTERNAL_ERROR))
             self._store.append(self.stream_id, out)
-            self._store.finish(self.stream_id)
         except Exception:
-            log.exception("stream %s: could not write its end", self.stream_id[:8])
+            log.error("stream %s: could not write its end\n%s", self.stream_id[:8],
+                      _traceback())
         finally:
+            try:
+                self._store.finish(self.stream_id)
+            except Exception:
+                log.error("stream %s: could not finish\n%s", self.stream_id[:8], _traceback())
             self._metrics.streams_active.dec()
             self._metrics.streams_ended.labels(outcome=outcome).inc()
             self._on_end(self)
+
+
+INTERNAL_ERROR = {"type": "error", "code": "internal",
+                  "message": "the service failed while relaying this answer"}
+
+
+def _traceback() -> str:
+    # Without the chain: an exception raised while handling an SDK error carries it as its
+    # context, and the SDK's message holds the upstream's body, which must never be logged.
+    return "".join(traceback.format_exception(sys.exc_info()[1], chain=False))
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
@@ -332,8 +360,8 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return random.uniform(0.5, 1.0) * min(4.0, 0.25 * 2 ** (attempt - 1))
 
 
-def _finish_reason(reason: str | None) -> str:
-    if reason in FINISH_REASONS:
+def _finish_reason(reason: object) -> str:
+    if isinstance(reason, str) and reason in FINISH_REASONS:
         return reason
     if reason == "function_call":  # the legacy name of tool_calls
         return "tool_calls"
@@ -343,13 +371,18 @@ def _finish_reason(reason: str | None) -> str:
 def _usage(value: Any) -> dict[str, int] | None:
     if not isinstance(value, dict):
         return None
-    try:
-        prompt = int(value.get("prompt_tokens") or 0)
-        completion = int(value.get("completion_tokens") or 0)
-        total = int(value.get("total_tokens") or prompt + completion)
-    except (TypeError, ValueError):
-        return None
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+    counts: dict[str, int] = {}
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        n = value.get(name)
+        if n is None and name == "total_tokens":
+            n = counts["prompt_tokens"] + counts["completion_tokens"]
+        # Only what JSON clients can take exactly: whole numbers within 53 bits.
+        if n is None:
+            n = 0
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**53:
+            return None
+        counts[name] = n
+    return counts
 
 
 def _error_event(exc: BaseException) -> tuple[dict[str, Any], str]:

@@ -42,13 +42,15 @@ def iter_events(
         except KeyError:
             # Expired while we followed it (a reader slower than STREAM_TTL): nothing more.
             return
+        if ended:
+            # Everything is there: the rest and [DONE] in one write (the log may expire
+            # before another read).
+            yield b"".join(events) + sse.DONE
+            return
         if events:
             cursor += len(events)
             yield b"".join(events)
             last_write = clock()
-        elif ended:
-            yield sse.DONE
-            return
         elif clock() >= last_write + heartbeat:
             yield sse.PING
             last_write = clock()

@@ -8,6 +8,7 @@ per chunk (a pydantic object each) and this is the hot path.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import socket
 import threading
@@ -31,6 +32,7 @@ from .errors import (
 from .provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 from .settings import Settings
 
+_DRAIN_CHUNKS = 16  # chunks read past [DONE] to reach the end of the body, at most
 _READY_CACHE_SECONDS = 5.0
 _READY_PROBE_TIMEOUT = 3.0
 _SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -104,17 +106,19 @@ class OpenAIProvider:
                 try:
                     yield stream
                 finally:
-                    stream.close()
+                    stream.release()
+        # `from None`: the SDK's exceptions quote the upstream's body, which may echo a key;
+        # nothing of it may travel on with ours into a log.
         except UpstreamError:
             raise
         except openai.APIStatusError as exc:
-            raise _status_error(exc.status_code, exc.response.headers) from exc
-        except openai.APITimeoutError as exc:
-            raise UpstreamTimeoutError("the upstream did not answer in time") from exc
-        except openai.APIConnectionError as exc:
-            raise UpstreamUnavailableError("could not connect to the upstream") from exc
-        except openai.OpenAIError as exc:
-            raise UpstreamError("the upstream request failed") from exc
+            raise _status_error(exc.status_code, exc.response.headers) from None
+        except openai.APITimeoutError:
+            raise UpstreamTimeoutError("the upstream did not answer in time") from None
+        except openai.APIConnectionError:
+            raise UpstreamUnavailableError("could not connect to the upstream") from None
+        except openai.OpenAIError:
+            raise UpstreamError("the upstream request failed") from None
 
 
 def _make_client(settings: Settings) -> openai.OpenAI:
@@ -138,6 +142,9 @@ def _make_client(settings: Settings) -> openai.OpenAI:
         base_url=settings.OPENAI_BASE_URL,
         max_retries=0,  # retries are ours: only before the first delta, inside FIRST_TOKEN_TIMEOUT
         timeout=timeout,
+        # The raw body is read as it comes: a compressed stream would not parse (and gzip
+        # batches tokens anyway).
+        default_headers={"Accept-Encoding": "identity"},
         http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits),
     )
     # The SDK's platform headers call platform.platform(), which runs `uname -p` in a
@@ -165,23 +172,26 @@ def _status_error(status: int, headers: httpx2.Headers) -> UpstreamError:
 
 
 def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date);
+    None for anything else, never an exception (the header is the upstream's to get wrong)."""
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
+        value = headers.get("retry-after-ms")
+        if value:
+            with suppress(ValueError):
+                return _seconds(float(value) / 1000.0)
+        value = headers.get("retry-after")
+        if not value:
             return None
-        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+        with suppress(ValueError):
+            return _seconds(float(value))
+        parsed = email.utils.parsedate_tz(value)
+        return None if parsed is None else _seconds(email.utils.mktime_tz(parsed) - time.time())
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _seconds(value: float) -> float | None:
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 class _OpenAIStream:
@@ -189,7 +199,29 @@ class _OpenAIStream:
 
     def __init__(self, response: httpx2.Response) -> None:
         self._response = response
+        self._raw = response.iter_raw()
         self._closed = False
+        self._done = False  # [DONE] was read
+
+    def release(self) -> None:
+        """After a complete answer, read the body to its end (usually just the chunked
+        terminator) and hand the connection back to the pool: the next stream skips the TCP
+        and TLS handshakes. Otherwise, or if the body goes on, close it."""
+        if self._done and not self._closed:
+            try:
+                ended = False
+                for count, _ in enumerate(self._raw, 1):
+                    if count > _DRAIN_CHUNKS:
+                        break
+                else:
+                    ended = True
+                if ended:
+                    self._closed = True
+                    self._response.close()
+                    return
+            except Exception:
+                pass
+        self.close()
 
     def close(self) -> None:
         # Called from the relay to cancel, while another thread may be blocked reading. Closing
@@ -209,8 +241,9 @@ class _OpenAIStream:
     def __iter__(self) -> Iterator[list[Item]]:
         finished = False
         try:
-            for data in iter_sse_data(self._response.iter_raw()):
+            for data in iter_sse_data(self._raw):
                 if data == b"[DONE]":
+                    self._done = True
                     return
                 items = parse_chunk(data)
                 if items:
@@ -265,46 +298,74 @@ def iter_sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def parse_chunk(data: bytes) -> list[Item]:
-    """Map one chunk of the chat-completions stream to items; raise on an error payload."""
+    """Map one chunk of the chat-completions stream to items; raise on an error payload.
+
+    The upstream is not trusted to send the shapes it should: anything else is a malformed
+    chunk (`upstream_error`), never an exception of ours.
+    """
     try:
         obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamCutError("the upstream sent a malformed chunk") from exc
+    except orjson.JSONDecodeError:
+        raise _malformed() from None
     if not isinstance(obj, dict):
-        raise UpstreamCutError("the upstream sent a malformed chunk")
+        raise _malformed()
     if obj.get("error") is not None or obj.get("object") == "error":
         raise _in_stream_error(obj)
+    choices = obj.get("choices") or []
+    if not isinstance(choices, list):
+        raise _malformed()
     items: list[Item] = []
-    for choice in obj.get("choices") or ():
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise _malformed()
         if choice.get("index", 0) != 0:
-            continue
+            continue  # n > 1 is not relayed: only the first choice
         delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise _malformed()
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning and isinstance(reasoning, str):
             items.append((REASONING, reasoning))
         content = delta.get("content")
         if content and isinstance(content, str):
             items.append((CONTENT, content))
-        for call in delta.get("tool_calls") or ():
-            items.append((TOOL_CALL, _tool_call(call)))
+        calls = delta.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise _malformed()
+        items.extend((TOOL_CALL, _tool_call(call)) for call in calls)
         reason = choice.get("finish_reason")
         if reason:
+            if not isinstance(reason, str):
+                raise _malformed()
             items.append((FINISH, reason))
     usage = obj.get("usage")
-    if usage:
+    if usage and isinstance(usage, dict):
         items.append((USAGE, usage))
     return items
 
 
-def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    fragment: dict[str, Any] = {"index": call.get("index", 0)}
-    if call.get("id"):
-        fragment["id"] = call["id"]
+def _malformed() -> UpstreamCutError:
+    return UpstreamCutError("the upstream sent a malformed chunk")
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    if not isinstance(call, dict):
+        raise _malformed()
     function = call.get("function") or {}
-    if function.get("name"):
-        fragment["name"] = function["name"]
-    if function.get("arguments") is not None:
-        fragment["arguments"] = function["arguments"]
+    index = call.get("index", 0)
+    if not isinstance(function, dict) or isinstance(index, bool) or not isinstance(index, int):
+        raise _malformed()
+    fragment: dict[str, Any] = {"index": index}
+    for key, value in (("id", call.get("id")), ("name", function.get("name"))):
+        if value:
+            if not isinstance(value, str):
+                raise _malformed()
+            fragment[key] = value
+    arguments = function.get("arguments")
+    if arguments is not None:
+        if not isinstance(arguments, str):
+            raise _malformed()
+        fragment["arguments"] = arguments
     return fragment
 
 

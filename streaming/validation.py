@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ApiError
 
-_WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}$")
+_WHOLE_NUMBER = re.compile(r"^[0-9]+$")
+_PAST_ANY_STREAM = 2**62  # a cursor no stream reaches
 
 Strict = ConfigDict(extra="forbid", strict=True)
 
@@ -102,7 +103,8 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     if not _WHOLE_NUMBER.match(value):
         raise ApiError(400, "invalid_last_event_id",
                        "Last-Event-ID must be a whole number, 0 or more")
-    return int(value)
+    # Any whole number is valid; past the last event it means "only what comes after".
+    return int(value) if len(value) < 19 else _PAST_ANY_STREAM
 
 
 def _describe(exc: ValidationError) -> str:

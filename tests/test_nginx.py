@@ -84,6 +84,8 @@ def test_tokens_arrive_one_by_one_through_nginx(service_factory: Any, nginx_fact
     stream = start(proxy.url, {"messages": sim_prompt(tokens=words, delay=0.4)})
     assert stream.status == 200
     assert "gzip" not in stream.headers.get("Content-Encoding", "")
+    assert stream.headers["X-Accel-Buffering"] == "no"
+    assert stream.headers["Content-Type"] == "text/event-stream; charset=utf-8"
     events = collect(stream)
     tokens = [e for e in events[:-1] if e.json["type"] == "token"]
     assert [e.json["token"] for e in tokens] == words

@@ -81,7 +81,14 @@ def test_in_stream_error_payload_raises_without_the_upstream_text(data: bytes) -
     assert "LEAK" not in info.value.message
 
 
-@pytest.mark.parametrize("data", [b"{", b"[1]", b"null"])
+@pytest.mark.parametrize("data", [
+    b"{", b"[1]", b"null", b'{"choices": "x"}', b'{"choices": ["x"]}',
+    b'{"choices": [{"delta": "oops"}]}', b'{"choices": [{"delta": {"tool_calls": {"a": 1}}}]}',
+    b'{"choices": [{"delta": {"tool_calls": [1]}}]}',
+    b'{"choices": [{"delta": {"tool_calls": [{"index": "0"}]}}]}',
+    b'{"choices": [{"delta": {"tool_calls": [{"function": {"arguments": 5}}]}}]}',
+    b'{"choices": [{"delta": {}, "finish_reason": ["stop"]}]}',
+])
 def test_malformed_chunk(data: bytes) -> None:
     with pytest.raises(UpstreamError):
         parse_chunk(data)
@@ -96,6 +103,10 @@ def test_malformed_chunk(data: bytes) -> None:
         ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
         ({"retry-after": "soon"}, None),
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+        ({"retry-after": "Mon, 01 Jan 10000 00:00:00 GMT"}, None),  # out of range: ignored
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after-ms": "1e400"}, None),
     ],
 )
 def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
