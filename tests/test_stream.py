@@ -343,3 +343,12 @@ def test_ttl_zero_still_ends_every_response_with_done(service_factory: Any, sim:
     events = collect(start(service.url, body(tokens=5)))
     check_well_formed(events)
     assert text_of(events) == "t0 t1 t2 t3 t4 "
+
+
+def test_upstream_connection_is_reused_after_a_complete_answer(relay_service: Service,
+                                                               sim: Any) -> None:
+    for _ in range(3):
+        assert text_of(collect(start(relay_service.url, body(tokens=3)))) == "t0 t1 t2 "
+    assert all(r.wait_done(5) for r in sim.requests)
+    # The same client port each time: one TCP (and, upstream, TLS) handshake for all three.
+    assert len({r.peer for r in sim.requests}) == 1

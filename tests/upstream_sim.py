@@ -84,6 +84,7 @@ class RequestRecord:
     completed: bool = False
     outcome: str = ""
     chunks_sent: int = 0
+    peer: tuple[str, int] | None = None  # the client's address: the same on a reused connection
     _closed: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -173,7 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # unread body bytes would be taken for the next request
             self._json(400, _error_body(f"body is not JSON with a Content-Length: {exc}", 400))
             return
-        record = RequestRecord(body=body, headers=Headers(self.headers.items()))
+        record = RequestRecord(body=body, headers=Headers(self.headers.items()),
+                               peer=tuple(self.client_address[:2]))
         self.server.sim._add(record)
         try:
             try:
