@@ -25,6 +25,13 @@ import orjson
 
 from .buffer import TokenBuffer
 from .errors import UpstreamError
+from .events import (
+    INTERNAL_ERROR,
+    contract_finish_reason,
+    error_event,
+    timeout_message,
+    usage_counts,
+)
 from .green import spawn
 from .metrics import Metrics
 from .provider import (
@@ -47,7 +54,6 @@ log = logging.getLogger(__name__)
 _END = "_end"  # the reader's last item: the upstream finished
 _FAIL = "_fail"  # the reader's last item: (exception)
 
-FINISH_REASONS = frozenset(("stop", "length", "tool_calls", "content_filter", "cancelled"))
 
 
 class Generation:
@@ -258,13 +264,13 @@ class Generation:
                 elif kind == FINISH:
                     finish_reason = value
                 elif kind == USAGE:
-                    usage = _usage(value)
+                    usage = usage_counts(value)
                 elif kind == _END:
                     reader_ended = True
-                    outcome = _finish_reason(finish_reason)
+                    outcome = contract_finish_reason(finish_reason)
                     terminal = {"type": "done", "finish_reason": outcome, "usage": usage}
                 elif kind == _FAIL:
-                    terminal, outcome = _error_event(value)
+                    terminal, outcome = error_event(value)
                 if terminal is not None:
                     break
             if deltas:
@@ -289,7 +295,7 @@ class Generation:
                 elif timed_out:
                     outcome = "timeout"
                     terminal = {"type": "error", "code": "timeout",
-                                "message": _timeout_message(idle_deadline, now, total_deadline)}
+                                "message": timeout_message(idle_deadline, now, total_deadline)}
             if terminal is not None:
                 self._flush(buffers, None, out)
                 # After the reader's own end it is releasing the connection: leave it be.
@@ -343,10 +349,6 @@ class Generation:
             self._on_end(self)
 
 
-INTERNAL_ERROR = {"type": "error", "code": "internal",
-                  "message": "the service failed while relaying this answer"}
-
-
 def _traceback() -> str:
     # Without the chain: an exception raised while handling an SDK error carries it as its
     # context, and the SDK's message holds the upstream's body, which must never be logged.
@@ -358,46 +360,3 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
         return retry_after
     # Full jitter around an exponential step: retries from many streams do not align.
     return random.uniform(0.5, 1.0) * min(4.0, 0.25 * 2 ** (attempt - 1))
-
-
-def _finish_reason(reason: object) -> str:
-    if isinstance(reason, str) and reason in FINISH_REASONS:
-        return reason
-    if reason == "function_call":  # the legacy name of tool_calls
-        return "tool_calls"
-    return "stop"
-
-
-def _usage(value: Any) -> dict[str, int] | None:
-    if not isinstance(value, dict):
-        return None
-    counts: dict[str, int] = {}
-    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        n = value.get(name)
-        if n is None and name == "total_tokens":
-            n = counts["prompt_tokens"] + counts["completion_tokens"]
-        # Only what JSON clients can take exactly: whole numbers within 53 bits.
-        if n is None:
-            n = 0
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**53:
-            return None
-        counts[name] = n
-    return counts
-
-
-def _error_event(exc: BaseException) -> tuple[dict[str, Any], str]:
-    if isinstance(exc, UpstreamError):
-        event: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
-        if exc.retry_after is not None:
-            event["retry_after"] = round(exc.retry_after, 3)
-        return event, exc.code
-    return ({"type": "error", "code": "internal",
-             "message": "the service failed while reading the upstream"}, "internal")
-
-
-def _timeout_message(idle_deadline: float | None, now: float, total_deadline: float) -> str:
-    if now >= total_deadline:
-        return "the answer took longer than the stream timeout"
-    if idle_deadline is None:
-        return "the upstream sent no first token in time"
-    return "the upstream stopped sending"
