@@ -146,6 +146,16 @@ def collect(stream: StreamResponse) -> list[Event]:
     return out
 
 
+def until_first_token(stream: StreamResponse) -> list[Event]:
+    """Read until the first token event (included); the stream stays open."""
+    out: list[Event] = []
+    for event in stream.events():
+        out.append(event)
+        if event.json["type"] == "token":
+            break
+    return out
+
+
 def text_of(events: list[Event]) -> str:
     return "".join(e.json["token"] for e in events
                    if e.data != "[DONE]" and e.json["type"] == "token")

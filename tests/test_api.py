@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Service, free_port, openai_env, sim_prompt
-from sseclient import collect, request, start, text_of
+from sseclient import collect, request, start, text_of, until_first_token
 
 KEY_A = "key-alpha-0123456789"
 KEY_B = "key-bravo-9876543210"
@@ -233,9 +233,7 @@ def test_streams_left_at_shutdown_end_with_producer_lost(service_factory: Any,
                                                          sim: Any) -> None:
     svc = service_factory(openai_env(sim, HEARTBEAT_INTERVAL=1, GRACEFUL_TIMEOUT=5))
     running = start(svc.url, {"messages": sim_prompt(tokens=1000, delay=0.05)})
-    for event in running.events():
-        if event.json["type"] == "token":
-            break
+    until_first_token(running)
     stopped = time.monotonic()
     svc.proc.send_signal(signal.SIGTERM)
     events = collect(running)

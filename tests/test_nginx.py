@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, free_port, openai_env, sim_prompt, wait_http
-from sseclient import Comment, Event, collect, start, text_of
+from sseclient import Comment, Event, collect, start, text_of, until_first_token
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -118,9 +118,7 @@ def test_client_abort_reaches_the_service_through_nginx(service_factory: Any,
     service = service_factory(openai_env(sim, RESUME_GRACE=0, HEARTBEAT_INTERVAL=30))
     proxy = nginx_factory(service.port)
     stream = start(proxy.url, {"messages": sim_prompt(tokens=20, stall_after=2)})
-    for event in stream.events():
-        if event.json["type"] == "token":
-            break
+    until_first_token(stream)
     left = time.monotonic()
     stream.close()
     record = sim.requests[0]

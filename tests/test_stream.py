@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import Service, openai_env, sim_prompt
-from sseclient import Comment, Event, attach, collect, request, start, text_of
+from sseclient import Comment, Event, attach, collect, request, start, text_of, until_first_token
 from upstream_sim import DEFAULT_TEXT
 
 
@@ -242,9 +242,7 @@ def test_a_client_leaving_detaches_and_grace_cancels(relay_service: Service, sim
     # RESUME_GRACE=2: the stream survives the departure, then is cancelled.
     stream = start(relay_service.url, body(tokens=50, stall_after=2))
     stream_id = stream.headers["X-Stream-Id"]
-    for event in stream.events():
-        if event.json["type"] == "token":
-            break
+    until_first_token(stream)
     (record,) = sim.requests
     left = time.monotonic()
     stream.close()
@@ -274,9 +272,7 @@ def test_returning_within_grace_keeps_the_stream(relay_service: Service, sim: An
 def test_resume_grace_zero_cancels_as_soon_as_noticed(service_factory: Any, sim: Any) -> None:
     service = service_factory(openai_env(sim, RESUME_GRACE=0, HEARTBEAT_INTERVAL=30))
     stream = start(service.url, body(tokens=50, stall_after=2))
-    for event in stream.events():
-        if event.json["type"] == "token":
-            break
+    until_first_token(stream)
     (record,) = sim.requests
     left = time.monotonic()
     stream.close()
@@ -292,9 +288,7 @@ def test_threaded_server_without_gevent(service_factory: Any, sim: Any) -> None:
     assert text_of(events) == "".join(f"t{i} " for i in range(12))
     stream = start(service.url, body(tokens=50, stall_after=2))
     stream_id = stream.headers["X-Stream-Id"]
-    for event in stream.events():
-        if event.json["type"] == "token":
-            break
+    until_first_token(stream)
     status, _, _ = request(service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
     assert status == 202
     assert sim.requests[-1].wait_closed(5)
