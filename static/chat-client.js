@@ -9,6 +9,10 @@ import { SSEParser } from "./sse.js";
 
 const BACKOFF_CAP_MS = 10000;
 const STOP_GRACE_MS = 5000; // after Stop, how long to wait for the stream's own end
+const RETRY_AFTER_CAP_MS = 60000;
+// Heartbeats come every HEARTBEAT_INTERVAL (15 s by default): this long with no byte at all
+// means a half-open connection (a laptop waking, a network change), not a quiet stream.
+const IDLE_MS = 45000;
 
 export class ChatStream {
   /**
@@ -16,8 +20,9 @@ export class ChatStream {
    * @param {object} options apiKey; maxAttempts (resumes in a row without progress);
    *   onEvent(event) for each JSON event; onStatus("streaming" | "reconnecting", detail)
    */
-  constructor(request, { apiKey = "", maxAttempts = 6, onEvent = () => {}, onStatus = () => {} } = {}) {
+  constructor(request, { apiKey = "", maxAttempts = 6, idleMs = IDLE_MS, onEvent = () => {}, onStatus = () => {} } = {}) {
     this.request = request;
+    this.idleMs = idleMs;
     this.apiKey = apiKey;
     this.maxAttempts = maxAttempts;
     this.onEvent = onEvent;
@@ -86,6 +91,7 @@ export class ChatStream {
           return failed("network", `the connection was lost; gave up after ${this.maxAttempts} attempts to resume`);
         }
         const delay = Math.max(wait, backoff(attempts, this.retryMs));
+        if (this._stopRequested) return { kind: "stopped" };
         this.onStatus("reconnecting", { attempt: attempts, delay });
         await this._sleep(delay);
         if (this._stopRequested) return { kind: "stopped" };
@@ -104,7 +110,7 @@ export class ChatStream {
           return { ...failed("expired", `the stream can no longer be resumed (${error.message})`), status: 404 };
         }
         if (response.status !== 429 && response.status < 500) return { kind: "failed", ...error };
-        wait = error.retryAfter * 1000;
+        wait = Math.min(error.retryAfter * 1000, RETRY_AFTER_CAP_MS);
       }
       this.onStatus("streaming");
     }
@@ -114,9 +120,24 @@ export class ChatStream {
   async _read(response) {
     const reader = response.body.getReader();
     const parser = new SSEParser();
+    const controller = this._controller;
+    let idle = 0;
+    const arm = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => controller.abort(), this.idleMs); // taken as a dropped connection
+    };
     try {
       for (;;) {
-        const { value, done } = await reader.read();
+        arm();
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch {
+          reader.cancel().catch(() => {});
+          if (this._stopRequested) return this.terminal ? "finished" : "stopped";
+          return this.terminal ? "finished" : "dropped";
+        }
+        const { value, done } = chunk;
         if (done) break;
         for (const item of parser.feed(value)) {
           if (item.kind === "retry") this.retryMs = item.ms;
@@ -127,8 +148,8 @@ export class ChatStream {
           // comments are heartbeats: signs of life, never text
         }
       }
-    } catch {
-      if (this._stopRequested) return this.terminal ? "finished" : "stopped";
+    } finally {
+      clearTimeout(idle);
     }
     parser.end();
     return this.terminal ? "finished" : "dropped";
@@ -148,9 +169,17 @@ export class ChatStream {
       if (seq <= this.lastSeq) return false; // already applied before a resume
       this.lastSeq = seq;
     }
-    if (event.type === "start" && !this.streamId) this.streamId = event.stream_id;
+    if (event.type === "start" && !this.streamId) {
+      this.streamId = event.stream_id;
+      if (this._stopRequested) this._cancel();
+    }
     if (event.type === "done" || event.type === "error") this.terminal = event;
-    this.onEvent(event);
+    try {
+      this.onEvent(event);
+    } catch (error) {
+      // A rendering bug must not pass for a dropped connection: the event stays applied.
+      console.error("could not show an event", error);
+    }
     return false;
   }
 

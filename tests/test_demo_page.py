@@ -420,6 +420,39 @@ def exfil_listener() -> Iterator[tuple[str, list[str]]]:
     thread.join(5)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        " " * 100_000 + "x",  # the unfinished-line hold-back
+        "# a" + " " * 100_000 + "b\n\nafter",  # a heading's closing hashes
+        "| a |\n|" + " " * 100_000 + "x\n",  # a table's delimiter row
+        "`" + " " * 100_000 + "a` and more",  # inline code
+        "text" + " " * 100_000 + "x\n",  # a hard line break
+        "see http://example.com" + "." * 100_000 + "x",  # a bare URL's trailing punctuation
+    ],
+    ids=["hold", "heading", "table", "code", "hard-break", "url"],
+)
+def test_long_runs_in_model_text_render_in_linear_time(module_page: Any, text: str) -> None:
+    """Model text picks what the renderer's patterns see: long runs of spaces or dots once made
+    regexes backtrack quadratically (seconds per frame at tens of thousands of characters,
+    freezing the tab). Streamed in 400-character tokens with a render after each, the whole
+    text takes milliseconds now; the bound is far above that, far below the old behaviour."""
+    elapsed = module_page.evaluate("""async (text) => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const el = document.createElement("div");
+        const md = new MarkdownStream(el);
+        const started = performance.now();
+        for (let i = 0; i < text.length; i += 400) {
+            md.append(text.slice(i, i + 400));
+            md.render();
+        }
+        md.finish();
+        md.render();
+        return performance.now() - started;
+    }""", text)
+    assert elapsed < 3000, f"{elapsed:.0f} ms"
+
+
 def test_hostile_output_stays_inert(new_page: Any, relay_service: Any, sim: Any,
                                      exfil_listener: tuple[str, list[str]]) -> None:
     exfil, paths = exfil_listener

@@ -16,7 +16,9 @@ const HR = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
 const QUOTE = /^ {0,3}> ?/;
 const MARKER = /^( {0,3})([-+*]|\d{1,9}[.)])(?=[ \t]|$)/;
 const SETEXT = /^ {0,3}(=+|-+)[ \t]*$/;
-const TABLE_DELIM = /^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$/;
+// Tested on trimEnd()ed lines: a trailing [ \t]* after the other optional parts backtracks
+// quadratically on long runs of spaces.
+const TABLE_DELIM = /^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?$/;
 
 export function isBlank(line) {
   return /^[ \t]*$/.test(line);
@@ -124,7 +126,7 @@ export function rowCells(line, count) {
 function isTableStart(lines, i) {
   if (i + 1 >= lines.length || !lines[i].includes("|")) return false;
   const delim = lines[i + 1];
-  if (!delim.includes("|") || !TABLE_DELIM.test(delim)) return false;
+  if (!delim.includes("|") || !TABLE_DELIM.test(delim.trimEnd())) return false;
   return splitCells(lines[i]).length === splitCells(delim).length;
 }
 
@@ -161,7 +163,7 @@ export function parseBlocks(lines, depth = 0) {
       }
       blocks.push({ type: "fence", start, end: i, info: fence.info, code, closed });
     } else if ((m = ATX.exec(line))) {
-      const text = m[2].replace(/(?:^|[ \t]+)#+[ \t]*$/, "").trim();
+      const text = stripClosingHashes(m[2]);
       blocks.push({ type: "heading", start, end: ++i, level: m[1].length, text });
     } else if (HR.test(line)) {
       blocks.push({ type: "hr", start, end: ++i });
@@ -243,4 +245,15 @@ function isFenceLine(inner) {
   // a closing fence as the item's last line ends its code: the next plain line is not lazy text
   const last = inner[inner.length - 1];
   return last !== undefined && /^ {0,3}(`{3,}|~{3,})[ \t]*$/.test(last);
+}
+
+// A heading's optional closing run of #, by hand: the regex form backtracks quadratically on
+// long runs of spaces, and model text chooses what it sends.
+function stripClosingHashes(text) {
+  let end = text.length;
+  while (end > 0 && (text[end - 1] === " " || text[end - 1] === "\t")) end -= 1;
+  let hashes = end;
+  while (hashes > 0 && text[hashes - 1] === "#") hashes -= 1;
+  if (hashes < end && (hashes === 0 || text[hashes - 1] === " " || text[hashes - 1] === "\t")) end = hashes;
+  return text.slice(0, end).trim();
 }

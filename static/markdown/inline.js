@@ -73,7 +73,7 @@ function parseInline(src) {
         i += run;
       } else {
         let code = src.slice(i + run, close).replace(/\n/g, " ");
-        if (/^ .*[^ ].* $/s.test(code)) code = code.slice(1, -1);
+        if (code.length > 2 && code[0] === " " && code.endsWith(" ") && /[^ ]/.test(code)) code = code.slice(1, -1);
         flush();
         add({ k: "code", text: code });
         i = close + run;
@@ -143,7 +143,7 @@ function parseInline(src) {
       text += decoded ?? c;
       i += decoded === null ? 1 : m[0].length;
     } else if (c === "\n") {
-      const hard = / {2,}$/.test(text);
+      const hard = text.endsWith("  ");
       text = text.trimEnd();
       flush();
       add(hard ? { k: "br" } : { k: "text", text: "\n" });
@@ -157,7 +157,7 @@ function parseInline(src) {
         i++;
         continue;
       }
-      let url = m[0].replace(/[?!.,:*_~'"]+$/, "");
+      let url = trimUrlEnd(m[0]);
       while (url.endsWith(")") && count(url, "(") < count(url, ")")) url = url.slice(0, -1);
       flush();
       add({ k: "link", href: url, first: { k: "text", text: url, prev: null, next: null } });
@@ -249,4 +249,11 @@ function linkElement(node, doc, inLink) {
     el.title = "link removed: only http(s) links are followed";
   }
   return el;
+}
+
+// Trailing punctuation is not part of a bare URL; scanned by hand (see stripClosingHashes).
+function trimUrlEnd(url) {
+  let end = url.length;
+  while (end > 0 && "?!.,:*_~'\"".includes(url[end - 1])) end -= 1;
+  return url.slice(0, end);
 }

@@ -15,7 +15,8 @@
 import { dedent, fenceOpen, interrupts, isBlank, isFenceClose, parseBlocks, rowCells } from "./blocks.js";
 import { codeBlock, listFor, listKey, renderBlock, renderItem, tableRow } from "./render.js";
 
-const HOLD = /^[ \t]*[-=*_+#`~>|:.)0-9 \t]*$/;
+// One character class, no nested quantifiers: model text must never make a regex backtrack.
+const HOLD = /^[-=*_+#`~>|:.)0-9 \t]*$/;
 const FENCE_PREFIX = /^ {0,3}(`*|~*)[ \t]*$/;
 
 export class MarkdownStream {
