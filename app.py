@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             provider=manager.provider.name,
             default_model=settings.LLM_MODEL,
             requires_key=bool(settings.API_KEYS),
+            heartbeat=f"{settings.HEARTBEAT_INTERVAL:g}",
         )
 
     # Routing errors (an unknown path, a wrong method) happen before any blueprint is chosen:

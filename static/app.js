@@ -21,6 +21,9 @@ class ChatPage {
     this.messages = $("messages");
     this.clear = $("clear");
     this.requiresKey = doc.body.dataset.requiresKey === "true";
+    // Three heartbeats without a byte: the connection is half-open, not quiet.
+    const heartbeat = Number(doc.body.dataset.heartbeat);
+    this.idleMs = heartbeat > 0 ? 3000 * heartbeat : undefined;
     this.history = []; // the conversation as sent in `messages`
     this.current = null; // {stream, reply} while a reply is in progress
     this.follow = true; // keep the newest text in view until the reader scrolls up
@@ -73,6 +76,7 @@ class ChatPage {
     if (model) request.model = model;
     const stream = new ChatStream(request, {
       apiKey: this.apiKey ? this.apiKey.value.trim() : "",
+      idleMs: this.idleMs,
       onEvent: (event) => reply.onEvent(event),
       onStatus: (status, detail) => reply.onStatus(status, detail),
     });

@@ -183,9 +183,17 @@ export class ChatStream {
     return false;
   }
 
-  _fetch(url, init) {
-    this._controller = new AbortController();
-    return fetch(url, { ...init, cache: "no-store", signal: this._controller.signal });
+  // The service answers with its first bytes at once: a response whose headers take longer
+  // than idleMs came over a dead (half-open, pooled) connection.
+  async _fetch(url, init) {
+    const controller = new AbortController();
+    this._controller = controller;
+    const timer = setTimeout(() => controller.abort(), this.idleMs);
+    try {
+      return await fetch(url, { ...init, cache: "no-store", signal: controller.signal });
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   _abort() {

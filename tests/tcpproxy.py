@@ -9,6 +9,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from types import TracebackType
 
 
@@ -24,6 +25,7 @@ class TCPProxy:
         self.cuts = 0
         self._lock = threading.Lock()
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
+        self._frozen: set[tuple[socket.socket, socket.socket]] = set()
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._thread = threading.Thread(target=self._accept_loop, name=f"tcpproxy-{self.port}",
@@ -42,6 +44,13 @@ class TCPProxy:
             for sock in pair:
                 _reset(sock)
         return len(pairs)
+
+    def freeze(self) -> int:
+        """Stop forwarding on every open connection but keep it open, as a half-open
+        connection does (a laptop waking, a network change); return how many there were."""
+        with self._lock:
+            self._frozen.update(self._pairs)
+            return len(self._pairs)
 
     def open_connections(self) -> int:
         with self._lock:
@@ -95,6 +104,11 @@ class TCPProxy:
             sel.register(upstream, selectors.EVENT_READ)
             try:
                 while True:
+                    if pair in self._frozen:
+                        if self._closing:
+                            break
+                        time.sleep(0.05)  # holding bytes back on purpose: nothing to wait on
+                        continue
                     for key, _ in sel.select(timeout=0.5):
                         sock = key.fileobj
                         assert isinstance(sock, socket.socket)

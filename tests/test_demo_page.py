@@ -615,6 +615,25 @@ def test_connection_cut_mid_answer_resumes_exactly(
         assert proxy.accepted >= 2
 
 
+def test_half_open_connection_is_noticed_and_resumed(
+        service_factory: Any, new_page: Any, sim: Any) -> None:
+    # Heartbeats every second: the page gives a silent connection three of them.
+    service = service_factory(openai_env(sim, HEARTBEAT_INTERVAL=1))
+    port = int(service.url.rsplit(":", 1)[1])
+    with TCPProxy(("127.0.0.1", port)) as proxy:
+        page = new_page(proxy.url)
+        tokens = [f"w{i} " for i in range(60)]
+        reply = ask(page, sim_text(tokens=tokens, delay=0.1))
+        page.wait_for_function("el => el.querySelector('.content').textContent.includes('w12 ')",
+                               arg=reply.element_handle(), timeout=20_000)
+        assert proxy.freeze() >= 1  # no byte arrives any more, and nothing says so
+        assert wait_state(reply) == "done"
+        assert int(reply.get_attribute("data-reconnects") or 0) >= 1
+        assert content_text(reply) == "".join(tokens).rstrip()
+        chat_requests = [r for r in sim.requests if "messages" in (r.body or {})]
+        assert len(chat_requests) == 1, "the page sent the POST again"
+
+
 def _truncated_stream(route: Any) -> None:
     """A POST answered with a start and two tokens, then the body ends: no terminal, no [DONE]."""
     body = ('retry: 1000\n\nid: 0\ndata: {"type":"start","stream_id":"gone","model":"m"}\n\n'
@@ -664,8 +683,11 @@ def test_resume_applies_each_event_once(new_page: Any, relay_service: Any) -> No
     assert content_text(reply) == "kept text and more"
 
 
-def test_gives_up_after_bounded_resume_attempts(new_page: Any, relay_service: Any) -> None:
-    page = new_page(relay_service.url, allow_console=("ERR_CONNECTION_REFUSED", "Failed to fetch"))
+def test_gives_up_after_bounded_resume_attempts(new_page: Any, service_factory: Any) -> None:
+    # The default heartbeat (15 s): the page's 45 s dead-connection timeout stays out of the
+    # 11 s steps below, so each step is one attempt.
+    service = service_factory()
+    page = new_page(service.url, allow_console=("ERR_CONNECTION_REFUSED", "Failed to fetch"))
     page.clock.install()  # backoff waits run on a fake clock the test moves forward
     attempts: list[str] = []
 
