@@ -49,6 +49,7 @@ class _Log:
     owner: str | None
     events: list[bytes] = field(default_factory=list)
     ended: bool = False
+    expires_at: float | None = None  # set when it ends
     # Broadcast by replacement: readers wait on the current event; a writer swaps in a fresh
     # one and sets the old. Cheaper than a Condition (no lock per waiter), under gevent
     # (threading.Event is gevent's then) and threads alike.
@@ -91,10 +92,11 @@ class MemoryStore:
 
     def finish(self, stream_id: str) -> None:
         log = self._logs[stream_id]
+        log.expires_at = self._clock() + self._ttl
         log.ended = True
         log.notify()
         with self._lock:
-            self._ended.append((self._clock() + self._ttl, stream_id))
+            self._ended.append((log.expires_at, stream_id))
             self._expire_locked()
 
     def owner(self, stream_id: str) -> str | None:
@@ -124,9 +126,12 @@ class MemoryStore:
             self._ended.clear()
 
     def _get(self, stream_id: str) -> _Log:
-        with self._lock:
-            self._expire_locked()
-            return self._logs[stream_id]
+        # Every read of every client comes here: no global lock and no sweep (create and
+        # finish sweep); the log's own expiry says whether it still counts.
+        log = self._logs[stream_id]
+        if log.expires_at is not None and log.expires_at <= self._clock():
+            raise KeyError(stream_id)
+        return log
 
     def _expire_locked(self) -> None:
         now = self._clock()
