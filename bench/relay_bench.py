@@ -104,7 +104,7 @@ def one_stream(port: int, script: dict[str, object], out: list[dict[str, float]]
 def parse_cost(n: int = 20000) -> tuple[float, float]:
     from openai.types.chat import ChatCompletionChunk
 
-    from streaming.chunks import parse_chunk
+    from streaming.upstream.chunks import parse_chunk
 
     raw = json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
                       "model": "m", "choices": [{"index": 0, "delta": {"content": " token"},

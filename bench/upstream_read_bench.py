@@ -44,7 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import httpx2  # noqa: E402
 import openai  # noqa: E402
 
-from streaming.rawbody import fallback_reason, iter_body  # noqa: E402
+from streaming.upstream.rawbody import fallback_reason, iter_body  # noqa: E402
 
 # It serves until its stdin closes, so that it goes when we do, however we end.
 SIMULATOR = ("import sys; sys.path.insert(0, 'tests'); "

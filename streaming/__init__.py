@@ -10,8 +10,8 @@ from .settings import Settings
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .provider import Provider
-    from .store import StreamStore
+    from .stores import StreamStore
+    from .upstream.provider import Provider
 
 __all__ = ["ApiError", "LLMStream", "Settings", "StreamingError", "UpstreamError"]
 
@@ -44,18 +44,21 @@ class LLMStream:
 
 
 def make_store(settings: Settings) -> StreamStore:
-    from .store import MemoryStore
-
     if settings.REDIS_URL:
-        raise NotImplementedError("REDIS_URL: the Redis store is not built yet")
-    return MemoryStore(settings.STREAM_TTL)
+        from .stores.redis import RedisStore
+
+        return RedisStore(settings)
+    from .stores.memory import MemoryStore
+
+    # An idempotency key or a chat index outlives the stream it names by the stream's own TTL.
+    return MemoryStore(settings.STREAM_TTL, index_ttl=settings.STREAM_TIMEOUT + settings.STREAM_TTL)
 
 
 def make_provider(settings: Settings) -> Provider:
     if settings.provider == "openai":
-        from .upstream import OpenAIProvider
+        from .upstream.openai import OpenAIProvider
 
         return OpenAIProvider(settings)
-    from .simulated import SimulatedProvider
+    from .upstream.simulated import SimulatedProvider
 
     return SimulatedProvider(settings.SIMULATED_TOKENS_PER_SECOND, settings.BUFFER_MAX_DELAY_MS)

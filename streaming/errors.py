@@ -60,3 +60,8 @@ class ApiError(StreamingError):
         self.type = type
         self.message = message
         self.headers = headers or {}
+
+
+class StoreUnavailableError(StreamingError):
+    """The shared store cannot be reached (after retrying): the contract's 503 and
+    `store_unavailable`."""

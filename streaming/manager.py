@@ -1,4 +1,7 @@
-"""The streams of this worker: starting them within limits, finding, cancelling, draining."""
+"""This worker's streams: starting them within limits, following, cancelling and draining them.
+
+Limits and presence are counted in the store, so with Redis they hold across every worker.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,18 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any
 
+from . import formats
 from .errors import ApiError
 from .green import spawn
 from .metrics import Metrics
-from .provider import Provider
 from .relay import Generation
 from .settings import Settings
-from .store import StreamStore
+from .stores import Counter, StreamMeta, StreamStore
+from .upstream.provider import Provider
 
 
 def owner_tag(api_key: str | None) -> str | None:
@@ -23,6 +28,19 @@ def owner_tag(api_key: str | None) -> str | None:
     if api_key is None:
         return None
     return hashlib.sha256(api_key.encode()).hexdigest()[:32]
+
+
+class Following:
+    """One client's hold on a stream (its follower and connection counts); release once."""
+
+    def __init__(self, store: StreamStore, counters: list[Counter]) -> None:
+        self._store = store
+        self._counters = counters
+
+    def release(self) -> None:
+        counters, self._counters = self._counters, []
+        for counter in reversed(counters):
+            self._store.release(counter)
 
 
 class StreamManager:
@@ -35,8 +53,8 @@ class StreamManager:
         self.provider = provider
         self.metrics = metrics
         self._running: dict[str, Generation] = {}
-        self._per_owner: dict[str | None, int] = {}
         self._lock = threading.Lock()
+        self._starting = 0  # slots reserved by starts under way
         self._serving: Callable[[], bool] = lambda: True
 
     @property
@@ -65,30 +83,64 @@ class StreamManager:
     def __len__(self) -> int:
         return len(self._running)
 
-    def start(self, params: dict[str, Any], owner: str | None) -> Generation:
-        """Reserve a slot, create the stream and its first event; the caller attaches."""
+    def start(self, params: dict[str, Any], owner: str | None, *, fmt: str = "native",
+              options: Mapping[str, Any] | None = None) -> tuple[Generation, Following]:
+        """Reserve the slots, create the stream and its first event, follow it."""
         s = self.settings
         stream_id = secrets.token_urlsafe(24)  # 192 random bits
-        generation = Generation(
-            stream_id, owner, params["model"], params,
-            provider=self.provider, store=self.store, settings=s, metrics=self.metrics,
-            on_end=self._ended,
+        meta = StreamMeta(
+            stream_id=stream_id, owner=owner, model=params["model"], format=fmt,
+            resume_token=secrets.token_urlsafe(24), worker=self.store.worker_id,
+            created=time.time(), options=dict(options or {}),
         )
         with self._lock:
-            if len(self._running) >= s.MAX_STREAMS:
+            if len(self._running) + self._starting >= s.MAX_STREAMS:
                 raise _too_many("this worker is at its limit of streams")
-            if owner is not None and self._per_owner.get(owner, 0) >= s.MAX_STREAMS_PER_KEY:
-                raise _too_many("this key is at its limit of streams")
-            self._running[stream_id] = generation
-            self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
-        generation.attach()
+            self._starting += 1
+        held: list[Counter] = []
         try:
+            if owner is not None:
+                self._acquire(("streams", owner), s.MAX_STREAMS_PER_KEY,
+                              "this key is at its limit of streams", held)
+                self._acquire(("connections", owner), s.MAX_CONNECTIONS_PER_KEY,
+                              "this key is at its limit of open streams", held)
+            generation = Generation(
+                meta, params, fmt=formats.get(fmt), provider=self.provider, store=self.store,
+                settings=s, metrics=self.metrics, on_end=self._ended,
+            )
+            self._acquire(("followers", stream_id), s.MAX_FOLLOWERS, "", held)
+            with self._lock:
+                self._running[stream_id] = generation
             generation.start()
         except BaseException:
-            generation.detach()
-            self._ended(generation)
+            with self._lock:
+                self._running.pop(stream_id, None)
+            for counter in reversed(held):
+                self.store.release(counter)
             raise
-        return generation
+        finally:
+            with self._lock:
+                self._starting -= 1
+        # The stream's own count is released when it ends; the client's when it goes.
+        streams = [c for c in held if c[0] == "streams"]
+        generation.held = streams
+        return generation, Following(self.store, [c for c in held if c[0] != "streams"])
+
+    def follow(self, stream_id: str, owner: str | None) -> Following:
+        """Count one more client of a stream, within MAX_FOLLOWERS and the key's connections."""
+        s = self.settings
+        held: list[Counter] = []
+        try:
+            if owner is not None:
+                self._acquire(("connections", owner), s.MAX_CONNECTIONS_PER_KEY,
+                              "this key is at its limit of open streams", held)
+            self._acquire(("followers", stream_id), s.MAX_FOLLOWERS,
+                          "this stream is at its limit of followers", held)
+        except BaseException:
+            for counter in reversed(held):
+                self.store.release(counter)
+            raise
+        return Following(self.store, held)
 
     def get(self, stream_id: str) -> Generation | None:
         return self._running.get(stream_id)
@@ -97,16 +149,22 @@ class StreamManager:
         generation = self._running.get(stream_id)
         if generation is not None:
             generation.cancel()
+        else:
+            self.store.cancel(stream_id)
+
+    def _acquire(self, counter: Counter, limit: int, message: str, held: list[Counter]) -> None:
+        if not self.store.acquire(counter, limit):
+            raise _too_many(message or "too many clients")
+        held.append(counter)
 
     def _ended(self, generation: Generation) -> None:
         with self._lock:
-            if self._running.pop(generation.stream_id, None) is None:
-                return
-            left = self._per_owner.get(generation.owner, 1) - 1
-            if left:
-                self._per_owner[generation.owner] = left
-            else:
-                self._per_owner.pop(generation.owner, None)
+            self._running.pop(generation.stream_id, None)
+        for counter in generation.held:
+            # What cannot be released now (the store is down) lapses with the store's own
+            # lifetimes.
+            with suppress(Exception):
+                self.store.release(counter)
 
 
 def _too_many(message: str) -> ApiError:

@@ -1,8 +1,8 @@
-"""One stream's producer: a reader greenlet and a pump greenlet around a small inbox.
+"""One stream's producer: the shell around `relay_core.RelayCore`.
 
-The reader blocks on the upstream socket and only hands items over. The pump owns every
-decision: it joins deltas (TokenBuffer), numbers events, appends them to the store, and keeps
-the clocks (first-token, idle and total timeouts, the buffer's deadline, the resume grace). A
+A reader greenlet blocks on the upstream socket and only hands items over through an inbox. A
+pump greenlet owns the clock: it feeds the core, asks it what is due, encodes the core's events
+once in the stream's wire format and appends them to the store in one batch per round. A
 blocked read never delays a heartbeat, a cancel or a timeout, because nobody waits on it.
 
 Only `threading` primitives are used: gevent patches them into greenlet ones, and under a
@@ -21,51 +21,43 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-from .buffer import TokenBuffer
-from .errors import UpstreamError
-from .events import (
-    INTERNAL_ERROR,
-    contract_finish_reason,
-    error_event,
-    timeout_message,
-    usage_counts,
-)
+from .errors import StoreUnavailableError, UpstreamError
+from .events import INTERNAL, STORE_UNAVAILABLE, Failed, Start, Terminal, outcome
+from .formats import WireFormat
 from .green import spawn
 from .metrics import Metrics
-from .provider import (
-    CONTENT,
-    DELTA_KINDS,
-    FINISH,
-    REASONING,
-    TOOL_CALL,
-    USAGE,
-    Item,
-    Provider,
-    UpstreamStream,
-)
+from .relay_core import Limits, RelayCore
 from .settings import Settings
-from .sse import encode_json_event
-from .store import StreamStore
+from .stores import StreamClosedError, StreamMeta, StreamStore
+from .upstream.provider import DELTA_KINDS, Item, Provider, UpstreamStream
 
 log = logging.getLogger(__name__)
 
-_END = "_end"  # the reader's last item: the upstream finished
-_FAIL = "_fail"  # the reader's last item: (exception)
+_END = object()  # the reader's result: the upstream finished its body
 
+SHUTTING_DOWN = Failed("producer_lost", "the server is restarting; start the answer again")
+
+
+def limits(settings: Settings) -> Limits:
+    return Limits(
+        max_tokens=settings.BUFFER_MAX_TOKENS,
+        max_delay=settings.BUFFER_MAX_DELAY_MS / 1000.0,
+        first_token_timeout=settings.FIRST_TOKEN_TIMEOUT,
+        idle_timeout=settings.IDLE_TIMEOUT,
+        stream_timeout=settings.STREAM_TIMEOUT,
+        resume_grace=settings.RESUME_GRACE,
+    )
 
 
 class Generation:
-    """A running stream. Thread-safe: `cancel`, `attach` and `detach` come from request threads."""
+    """A running stream. `cancel`, `presence_changed` and `abandon` may come from any thread."""
 
     def __init__(
         self,
-        stream_id: str,
-        owner: str | None,
-        model: str,
+        meta: StreamMeta,
         request: dict[str, Any],
         *,
+        fmt: WireFormat,
         provider: Provider,
         store: StreamStore,
         settings: Settings,
@@ -73,38 +65,46 @@ class Generation:
         on_end: Callable[[Generation], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream_id = stream_id
-        self.owner = owner
-        self.model = model
+        self.meta = meta
+        self.stream_id = meta.stream_id
         self._request = request
+        self._fmt = fmt
         self._provider = provider
         self._store = store
         self._settings = settings
         self._metrics = metrics
         self._on_end = on_end
         self._clock = clock
-        # The pump's single wake-up: set by the reader (items), cancel, attach and detach.
+        self._core = RelayCore(
+            Start(meta.stream_id, meta.model, meta.resume_token, int(meta.created)),
+            limits(settings), clock(),
+        )
+        self._encoder = fmt.encoder(meta)
+        self._seq = 0  # events the store holds
+        # The pump's single wake-up: set by the reader, cancel, presence and abandon.
         self._wake = threading.Event()
         self._inbox: deque[Item] = deque()  # appended by the reader, drained by the pump
+        self._result: object = None  # the reader's last word: _END or an exception
         self._cancelled = False
         self._abandoned = False
-        self._lock = threading.Lock()
-        self._clients = 0
-        self._alone_since: float | None = None
+        self._presence = False  # a follower count reached 0 somewhere: look again
         self._stop = threading.Event()  # tells the reader to give up
         self._upstream: UpstreamStream | None = None
         self._reader: Any = None
-        self._seq = 0
-        self._token_index = 0
-        self._out: list[bytes] = []  # the events the pump has numbered but not yet written
-        self.started_at = clock()
+        self.held: list[Any] = []  # the store counters the stream itself holds
+
+    @property
+    def started_at(self) -> float:
+        return self._core.started_at
 
     # -- control, from any thread -------------------------------------------------------
 
     def start(self) -> None:
-        self._store.create(self.stream_id, self.owner)
-        self._store.append(self.stream_id, [self._event(
-            {"type": "start", "stream_id": self.stream_id, "model": self.model})])
+        """Create the stream with its `start` event, then run the reader and the pump."""
+        first = self._encoder.encode(self._core.take())
+        self._store.create(self.meta, first)
+        self._seq = len(first)
+        self._store.register(self.stream_id, self)
         self._metrics.streams_started.inc()
         self._metrics.streams_active.inc()
         self._reader = spawn(self._read, f"reader-{self.stream_id[:8]}")
@@ -114,24 +114,14 @@ class Generation:
         self._cancelled = True
         self._wake.set()
 
+    def presence_changed(self) -> None:
+        self._presence = True
+        self._wake.set()
+
     def abandon(self) -> None:
         """End the stream with `producer_lost`: this worker is about to be stopped."""
         self._abandoned = True
         self._wake.set()
-
-    def attach(self) -> None:
-        with self._lock:
-            self._clients += 1
-            self._alone_since = None
-        self._metrics.clients_attached.inc()
-
-    def detach(self) -> None:
-        with self._lock:
-            self._clients -= 1
-            if self._clients == 0:
-                self._alone_since = self._clock()
-        self._wake.set()
-        self._metrics.clients_attached.dec()
 
     # -- the reader ---------------------------------------------------------------------
 
@@ -149,25 +139,26 @@ class Generation:
                         for items in upstream:
                             if not delivered:
                                 delivered = any(kind in DELTA_KINDS for kind, _ in items)
-                            self._put(items)
+                            self._inbox.extend(items)
+                            self._wake.set()
                             if self._stop.is_set():
                                 return
                         # Told before the `with` ends: releasing the connection for reuse may
                         # read a little more, and the client need not wait for that.
                         if not self._stop.is_set():
-                            self._put([(_END, None)])
+                            self._finish_reading(_END)
                     return
                 except UpstreamError as exc:
                     if self._stop.is_set():
                         return
                     remaining = self.started_at + settings.FIRST_TOKEN_TIMEOUT - self._clock()
                     if delivered or not exc.retryable or attempt >= settings.UPSTREAM_RETRIES:
-                        self._put([(_FAIL, exc)])
+                        self._finish_reading(exc)
                         return
                     attempt += 1
                     backoff = _backoff(attempt, exc.retry_after)
                     if backoff >= remaining:
-                        self._put([(_FAIL, exc)])
+                        self._finish_reading(exc)
                         return
                     log.info("stream %s: upstream failed (%s), retry %d in %.2fs",
                              self.stream_id[:8], exc.code, attempt, backoff)
@@ -178,12 +169,12 @@ class Generation:
         except BaseException as exc:
             if not self._stop.is_set():
                 log.error("stream %s: reader failed\n%s", self.stream_id[:8], _traceback())
-                self._put([(_FAIL, exc)])
+                self._finish_reading(exc)
             if not isinstance(exc, Exception):
                 raise
 
-    def _put(self, items: list[Item]) -> None:
-        self._inbox.extend(items)
+    def _finish_reading(self, result: object) -> None:
+        self._result = result
         self._wake.set()
 
     def _stop_reader(self) -> None:
@@ -200,153 +191,121 @@ class Generation:
     # -- the pump -----------------------------------------------------------------------
 
     def _pump(self) -> None:
+        reader_ended = False
         try:
-            self._run_pump()
+            reader_ended = self._run_pump()
         except Exception:
             log.error("stream %s: pump failed\n%s", self.stream_id[:8], _traceback())
-            # What this round had already numbered goes out first: no gap in seq.
-            self._end(self._out, INTERNAL_ERROR, "internal")
+            self._end_with(INTERNAL)
+        finally:
+            if not reader_ended:
+                self._stop_reader()
+            self._store.unregister(self.stream_id)
+            ended = self._core.ended or INTERNAL
+            self._metrics.streams_active.dec()
+            self._metrics.streams_ended.labels(outcome=outcome(ended)).inc()
+            self._on_end(self)
 
-    def _run_pump(self) -> None:
-        s = self._settings
-        delay = s.BUFFER_MAX_DELAY_MS / 1000.0
-        buffers = {CONTENT: TokenBuffer(s.BUFFER_MAX_TOKENS, delay),
-                   REASONING: TokenBuffer(s.BUFFER_MAX_TOKENS, delay)}
-        first_deadline = self.started_at + s.FIRST_TOKEN_TIMEOUT
-        total_deadline = self.started_at + s.STREAM_TIMEOUT
-        idle_deadline: float | None = None
-        finish_reason: str | None = None
-        usage: dict[str, Any] | None = None
-        metrics = self._metrics
+    def _run_pump(self) -> bool:
+        """Run the stream to its end; True if the reader finished by itself."""
+        core = self._core
+        clock = self._clock
         inbox = self._inbox
         wake = self._wake
+        metrics = self._metrics
+        deltas_seen = 0
         while True:
-            while not inbox and not self._cancelled and not self._abandoned:
-                now = self._clock()
-                deadline = first_deadline if idle_deadline is None else idle_deadline
-                if total_deadline < deadline:
-                    deadline = total_deadline
-                for d in (buffers[CONTENT].deadline, buffers[REASONING].deadline):
-                    if d is not None and d < deadline:
-                        deadline = d
-                if self._alone_since is not None:
-                    deadline = min(deadline, self._alone_since + s.RESUME_GRACE)
+            while (not inbox and self._result is None and not self._cancelled
+                   and not self._abandoned and not self._presence):
+                now = clock()
+                deadline = core.deadline()
                 if now >= deadline:
                     break
                 # Cleared before the inbox is looked at again, so no wake-up is lost.
                 wake.wait(deadline - now)
                 wake.clear()
+            # The result before the items: once it is set, every item is in the inbox.
+            result = self._result
             items = [inbox.popleft() for _ in range(len(inbox))]
-            cancelled = self._cancelled
-            alone_since = self._alone_since
-            now = self._clock()
-            out: list[bytes] = []
-            self._out = out
-            terminal: dict[str, Any] | None = None
-            reader_ended = False
-            outcome = ""
-            deltas = 0
-            for kind, value in items:
-                if kind in DELTA_KINDS:
-                    deltas += 1
-                    if idle_deadline is None:
-                        metrics.first_token_seconds.observe(now - self.started_at)
-                    idle_deadline = now + s.IDLE_TIMEOUT
-                    if kind == TOOL_CALL:
-                        self._flush(buffers, None, out)
-                        out.append(self._event({"type": "tool_call", **value}))
-                    else:
-                        other = REASONING if kind == CONTENT else CONTENT
-                        self._flush(buffers, other, out)
-                        text = buffers[kind].push(value, now)
-                        if text is not None:
-                            out.append(self._text_event(kind, text))
-                elif kind == FINISH:
-                    finish_reason = value
-                elif kind == USAGE:
-                    usage = usage_counts(value)
-                elif kind == _END:
-                    reader_ended = True
-                    outcome = contract_finish_reason(finish_reason)
-                    terminal = {"type": "done", "finish_reason": outcome, "usage": usage}
-                elif kind == _FAIL:
-                    terminal, outcome = error_event(value)
-                if terminal is not None:
-                    break
-            if deltas:
-                metrics.deltas.inc(deltas)
-            if terminal is None:
-                for kind, buffer in buffers.items():
-                    text = buffer.due(now)
-                    if text is not None:
-                        out.append(self._text_event(kind, text))
-                timed_out = (
-                    (idle_deadline is None and now >= first_deadline)
-                    or (idle_deadline is not None and now >= idle_deadline)
-                    or now >= total_deadline
-                )
-                if self._abandoned:
-                    outcome = "producer_lost"
-                    terminal = {"type": "error", "code": "producer_lost",
-                                "message": "the server is restarting; start the answer again"}
-                elif cancelled or (alone_since is not None and now >= alone_since + s.RESUME_GRACE):
-                    outcome = "cancelled"
-                    terminal = {"type": "done", "finish_reason": "cancelled", "usage": usage}
-                elif timed_out:
-                    outcome = "timeout"
-                    terminal = {"type": "error", "code": "timeout",
-                                "message": timeout_message(idle_deadline, now, total_deadline)}
-            if terminal is not None:
-                self._flush(buffers, None, out)
-                # After the reader's own end it is releasing the connection: leave it be.
-                self._end(out, terminal, outcome, stop_reader=not reader_ended)
-                return
-            if out:
-                self._store.append(self.stream_id, out)
+            now = clock()
+            if items:
+                core.feed(items, now)
+                if core.deltas != deltas_seen:
+                    if not deltas_seen and core.first_delta_at is not None:
+                        metrics.first_token_seconds.observe(core.first_delta_at - core.started_at)
+                    metrics.deltas.inc(core.deltas - deltas_seen)
+                    deltas_seen = core.deltas
+            if result is _END:
+                core.upstream_ended()
+            elif isinstance(result, BaseException):
+                core.fail(result)
+            if self._abandoned:
+                core.abort(SHUTTING_DOWN)
+            if self._cancelled:
+                core.cancel()
+            if self._presence:
+                self._presence = False
+                alone = self._store.count(("followers", self.stream_id)) == 0
+                core.alone(now if alone else None)
+            core.tick(now)
+            if core.grace_due(now):
+                if self._store.count(("followers", self.stream_id)) == 0:
+                    core.cancel()
+                else:
+                    core.alone(None)
+            events = core.take()
+            if events and not self._write(events, core.ended):
+                return result is not None
+            if core.ended is not None:
+                return result is not None
 
-    def _flush(self, buffers: dict[str, TokenBuffer], kind: str | None, out: list[bytes]) -> None:
-        for k, buffer in buffers.items():
-            if kind is None or k == kind:
-                text = buffer.flush()
-                if text is not None:
-                    out.append(self._text_event(k, text))
-
-    def _text_event(self, kind: str, text: str) -> bytes:
-        if kind == REASONING:
-            return self._event({"type": "reasoning", "token": text})
-        index = self._token_index
-        self._token_index += 1
-        return self._event({"type": "token", "token": text, "index": index})
-
-    def _event(self, payload: dict[str, Any]) -> bytes:
-        data = orjson.dumps(payload)  # before taking a seq: a failure here leaves no gap
-        seq = self._seq
-        self._seq += 1
-        return encode_json_event(seq, data)
-
-    def _end(self, out: list[bytes], terminal: dict[str, Any], outcome: str,
-             stop_reader: bool = True) -> None:
-        """Write the terminal event and release everything, whatever fails on the way."""
-        if stop_reader:
-            self._stop_reader()
+    def _write(self, events: list[Any], terminal: Terminal | None) -> bool:
+        """Encode and append one round's events; False if the stream cannot go on."""
         try:
-            try:
-                out.append(self._event(terminal))
-            except Exception:
-                log.error("stream %s: bad terminal event\n%s", self.stream_id[:8], _traceback())
-                out.append(self._event(INTERNAL_ERROR))
-            self._store.append(self.stream_id, out)
+            data = self._encoder.encode(events)
+        except Exception:
+            log.error("stream %s: could not encode\n%s", self.stream_id[:8], _traceback())
+            self._end_with(INTERNAL)
+            return False
+        try:
+            self._store.append(self.stream_id, self._seq, data, end=terminal is not None)
+        except StreamClosedError:
+            # Another worker wrote its end (it found this one's lease lapsed): stop quietly.
+            log.warning("stream %s: ended elsewhere; stopping its producer", self.stream_id[:8])
+            self._core.abort(SHUTTING_DOWN)
+            return False
+        except StoreUnavailableError:
+            log.error("stream %s: the store is unavailable; ending it", self.stream_id[:8])
+            self._core.abort(STORE_UNAVAILABLE)
+            self._store.end_locally(self.stream_id, self._terminal(STORE_UNAVAILABLE))
+            return False
+        except Exception:
+            log.error("stream %s: could not append\n%s", self.stream_id[:8], _traceback())
+            # What this round had numbered goes out with the terminal event: no seq gap.
+            self._end_with(INTERNAL, data)
+            return False
+        self._seq += len(data)
+        return True
+
+    def _end_with(self, event: Failed, pending: list[bytes] | None = None) -> None:
+        """Write `pending` and `event` as the end, whatever the state, whatever fails."""
+        self._core.abort(event)
+        self._core.take()
+        data = (pending or []) + self._terminal(event, len(pending or []))
+        try:
+            self._store.append(self.stream_id, self._seq, data, end=True)
         except Exception:
             log.error("stream %s: could not write its end\n%s", self.stream_id[:8],
                       _traceback())
-        finally:
             try:
-                self._store.finish(self.stream_id)
+                self._store.end_locally(self.stream_id, data)
             except Exception:
-                log.error("stream %s: could not finish\n%s", self.stream_id[:8], _traceback())
-            self._metrics.streams_active.dec()
-            self._metrics.streams_ended.labels(outcome=outcome).inc()
-            self._on_end(self)
+                log.error("stream %s: could not end it here either", self.stream_id[:8])
+
+    def _terminal(self, event: Failed, after: int = 0) -> list[bytes]:
+        # A fresh encoder at the stream's next seq: the stream's own may be mid-way through a
+        # batch that failed.
+        return self._fmt.encoder(self.meta, self._seq + after).encode([event])
 
 
 def _traceback() -> str:

@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import sse
+from .formats import sse
 from .green import gevent_active
-from .store import StreamStore
+from .stores import StreamStore, UnknownStreamError
 
 log = logging.getLogger(__name__)
 
 RETRY_MS = 1000
+# One write holds at most this much of the log: a resume of a long answer goes out in pieces,
+# never as one copy of the whole log.
+MAX_WRITE = 64 * 1024
 
 
 def iter_events(
@@ -33,27 +36,39 @@ def iter_events(
     """The body of one response: events with seq >= `cursor`, heartbeats, then [DONE]."""
     # First bytes before anything else: they carry the headers out and tell the browser how
     # soon to reconnect.
-    yield sse.encode(retry=RETRY_MS) + sse.PING
+    yield sse.retry_line(RETRY_MS) + sse.PING
     last_write = clock()
     while not gone():
         wait = last_write + heartbeat - clock()
         try:
             events, ended = store.read(stream_id, cursor, max(wait, 0.0))
-        except KeyError:
+        except UnknownStreamError:
             # Expired while we followed it (a reader slower than STREAM_TTL): nothing more.
-            return
-        if ended:
-            # Everything is there: the rest and [DONE] in one write (the log may expire
-            # before another read).
-            yield b"".join(events) + sse.DONE
             return
         if events:
             cursor += len(events)
-            yield b"".join(events)
+            # Everything is there once it ended: the rest and [DONE] (the log may expire
+            # before another read).
+            yield from _pieces(events, sse.DONE if ended else b"")
             last_write = clock()
-        elif clock() >= last_write + heartbeat:
+        elif ended:
+            yield sse.DONE
+        if ended:
+            return
+        if not events and clock() >= last_write + heartbeat:
             yield sse.PING
             last_write = clock()
+
+
+def _pieces(events: list[bytes], tail: bytes) -> Iterator[bytes]:
+    """`events` then `tail`, joined into writes of at most about MAX_WRITE bytes."""
+    start, size = 0, 0
+    for i, event in enumerate(events):
+        if size and size + len(event) > MAX_WRITE:
+            yield b"".join(events[start:i])
+            start, size = i, 0
+        size += len(event)
+    yield b"".join(events[start:]) + tail
 
 
 class DisconnectWatcher:

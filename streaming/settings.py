@@ -38,18 +38,30 @@ class Settings(BaseSettings):
     STREAM_TTL: float = Field(600.0, ge=0)
 
     REDIS_URL: str | None = None
+    REDIS_CLUSTER: bool = False
+    REDIS_PREFIX: str = Field("llmstream:", min_length=1, max_length=64)
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     API_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     MAX_BODY_BYTES: int = Field(262144, ge=1)
     MAX_STREAMS: int = Field(10000, ge=1)
     MAX_STREAMS_PER_KEY: int = Field(100, ge=1)
+    MAX_MESSAGES: int = Field(500, ge=1)
+    MAX_OUTPUT_TOKENS: int | None = Field(None, ge=1)
+    IMAGE_URL_SCHEMES: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https", "data"])
+    MAX_FOLLOWERS: int = Field(16, ge=1)
+    MAX_CONNECTIONS_PER_KEY: int = Field(200, ge=1)
+    BODY_TIMEOUT: float = Field(10.0, gt=0)
+    SEND_TIMEOUT: float = Field(30.0, gt=0)
 
     WORKER_CONNECTIONS: int = Field(10000, ge=1)
 
     # Not in the contract: the simulated provider's pace, in tokens per second.
     SIMULATED_TOKENS_PER_SECOND: float = Field(40.0, gt=0)
 
-    @field_validator("ALLOWED_MODELS", "API_KEYS", mode="before")
+    @field_validator("ALLOWED_MODELS", "API_KEYS", "CORS_ORIGINS", "IMAGE_URL_SCHEMES",
+                     mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

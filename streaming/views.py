@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from .errors import ApiError
+from .errors import ApiError, StoreUnavailableError
 from .manager import StreamManager, owner_tag
 from .metrics import CONTENT_TYPE
 from .response import DisconnectWatcher, iter_events
+from .stores import StreamMeta, UnknownStreamError
 from .validation import parse_chat_request, parse_json, parse_last_event_id
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,13 @@ def _api_error(exc: ApiError) -> Response:
     response.status_code = exc.status
     response.headers.update(exc.headers)
     return response
+
+
+@bp.errorhandler(StoreUnavailableError)
+def _store_unavailable(exc: StoreUnavailableError) -> Response:
+    return _api_error(ApiError(503, "store_unavailable",
+                               "the stream store is unreachable; retry shortly",
+                               headers={"Retry-After": "1"}))
 
 
 @bp.errorhandler(HTTPException)
@@ -82,14 +91,27 @@ def _authenticate(manager: StreamManager) -> str | None:
                    headers={"WWW-Authenticate": "Bearer"})
 
 
-def _find(manager: StreamManager, stream_id: str, owner: str | None) -> None:
+def _find(manager: StreamManager, stream_id: str, owner: str | None,
+          token: str | None = None) -> StreamMeta:
+    """The stream's metadata if the caller may see it: its key's, or its resume token's."""
     try:
-        stored_owner = manager.store.owner(stream_id)
-    except KeyError:
-        stored_owner = ""
+        meta = manager.store.meta(stream_id)
+    except UnknownStreamError:
+        meta = None
     # Someone else's stream is as unknown to the caller as a missing one.
-    if stored_owner == "" or stored_owner != owner:
-        raise ApiError(404, "not_found", "no such stream (unknown, expired or not yours)")
+    if meta is not None and (
+        meta.owner == owner
+        or (token is not None and hmac.compare_digest(token.encode(), meta.resume_token.encode()))
+    ):
+        return meta
+    raise ApiError(404, "not_found", "no such stream (unknown, expired or not yours)")
+
+
+def _caller(manager: StreamManager) -> str | None:
+    """The caller's owner tag, or None where a resume token may stand in for the key."""
+    if request.args.get("token") is not None and "Authorization" not in request.headers:
+        return None
+    return _authenticate(manager)
 
 
 def _read_body(limit: int) -> bytes:
@@ -103,13 +125,12 @@ def _read_body(limit: int) -> bytes:
 
 
 def _stream_response(manager: StreamManager, stream_id: str, cursor: int,
-                     on_close: Any) -> Response:
+                     on_close: Callable[[], None]) -> Response:
     watcher = DisconnectWatcher(request.environ,
                                 lambda: manager.store.wake(stream_id))
     body = iter_events(manager.store, stream_id, cursor, manager.settings.HEARTBEAT_INTERVAL,
                        gone=lambda: watcher.gone)
-    closers = [watcher.close] + ([on_close] if on_close else [])
-    response = Response(ClosingIterator(body, closers), status=200,
+    response = Response(ClosingIterator(body, [watcher.close, on_close]), status=200,
                         content_type="text/event-stream; charset=utf-8")
     response.headers.update(SSE_HEADERS)
     response.headers["X-Stream-Id"] = stream_id
@@ -129,8 +150,8 @@ def start_stream() -> Response:
         default_model=manager.settings.LLM_MODEL,
         allowed_models=manager.settings.ALLOWED_MODELS,
     )
-    generation = manager.start(params, owner)
-    return _stream_response(manager, generation.stream_id, 0, _once(generation.detach))
+    generation, following = manager.start(params, owner)
+    return _stream_response(manager, generation.stream_id, 0, following.release)
 
 
 @bp.get("/api/chat/stream/<stream_id>")
@@ -139,15 +160,14 @@ def attach_stream(stream_id: str) -> Response:
     last = parse_last_event_id(request.headers.get("Last-Event-ID"),
                                request.args.get("last_event_id"))
     _check_serving(manager)
-    owner = _authenticate(manager)
-    _find(manager, stream_id, owner)
-    generation = manager.get(stream_id)
-    on_close = None
-    if generation is not None:
-        generation.attach()
-        on_close = _once(generation.detach)
+    meta = _find(manager, stream_id, _caller(manager), request.args.get("token"))
     cursor = 0 if last is None else last + 1
-    return _stream_response(manager, stream_id, cursor, on_close)
+    length, ended = manager.store.status(stream_id)
+    if ended and cursor >= length:
+        # The client has everything: 204 stops a browser EventSource from reconnecting.
+        return Response(status=204)
+    following = manager.follow(stream_id, meta.owner)
+    return _stream_response(manager, stream_id, cursor, following.release)
 
 
 @bp.post("/api/chat/stream/<stream_id>/cancel")
@@ -189,15 +209,3 @@ def _safely(check: Any) -> bool:
     except Exception:
         log.warning("readiness check failed", exc_info=True)
         return False
-
-
-def _once(fn: Any) -> Any:
-    done = False
-
-    def call() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            fn()
-
-    return call

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.chunks import iter_sse_data, parse_chunk
 from streaming.errors import UpstreamError
+from streaming.upstream.chunks import iter_sse_data, parse_chunk
 
 
 def split_every(data: bytes, n: int) -> list[bytes]:

@@ -27,8 +27,14 @@ import httpx2
 import openai
 import pytest
 
-from streaming.chunks import iter_sse_data
-from streaming.rawbody import ChunkedDecoder, FramingError, abort, fallback_reason, iter_body
+from streaming.upstream.chunks import iter_sse_data
+from streaming.upstream.rawbody import (
+    ChunkedDecoder,
+    FramingError,
+    abort,
+    fallback_reason,
+    iter_body,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 5.0  # generous bound for anything that should take milliseconds
@@ -641,7 +647,7 @@ import gevent
 import httpx2
 
 sys.path.insert(0, sys.argv[2])
-from streaming.rawbody import fallback_reason, iter_body
+from streaming.upstream.rawbody import fallback_reason, iter_body
 
 base, out = sys.argv[1], {}
 verify = ssl.create_default_context(cafile=sys.argv[3]) if len(sys.argv) > 3 else True

@@ -13,9 +13,9 @@ import pytest
 from streaming.errors import UpstreamRateLimitedError
 from streaming.manager import StreamManager
 from streaming.metrics import Metrics
-from streaming.provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 from streaming.settings import Settings
-from streaming.store import MemoryStore
+from streaming.stores.memory import MemoryStore
+from streaming.upstream.provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 
 
 class Script:
@@ -65,8 +65,8 @@ class Provider:
 def run(provider: Provider, store: Any = None, **settings: Any) -> list[dict[str, Any]]:
     store = MemoryStore(60) if store is None else store
     manager = StreamManager(Settings(**settings), store, provider, Metrics())
-    generation = manager.start({"model": "m", "messages": []}, None)
-    generation.detach()
+    generation, following = manager.start({"model": "m", "messages": []}, None)
+    following.release()
     events: list[bytes] = []
     for _ in range(200):
         got, ended = store.read(generation.stream_id, len(events), 10)
@@ -138,11 +138,12 @@ def test_a_store_that_fails_still_ends_the_stream() -> None:
     class FlakyStore(MemoryStore):
         failed = False
 
-        def append(self, stream_id: str, events: list[bytes]) -> None:
+        def append(self, stream_id: str, seq: int, events: list[bytes], *,
+                   end: bool = False) -> None:
             if not self.failed and any(b'"b."' in e for e in events):
                 self.failed = True
                 raise OSError("store down")
-            super().append(stream_id, events)
+            super().append(stream_id, seq, events, end=end)
 
     gate = threading.Event()
     store = FlakyStore(60)
@@ -162,7 +163,7 @@ def test_cancel_reaches_a_blocked_upstream() -> None:
     script = Script([[(CONTENT, "a")]], gate=gate)
     store = MemoryStore(60)
     manager = StreamManager(Settings(), store, Provider(script), Metrics())
-    generation = manager.start({"model": "m", "messages": []}, None)
+    generation, _ = manager.start({"model": "m", "messages": []}, None)
     got, _ = store.read(generation.stream_id, 0, 10)
     while len(got) < 2:
         got, _ = store.read(generation.stream_id, 0, 10)

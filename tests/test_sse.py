@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming import sse
+from streaming.formats import sse
 
 
 @pytest.mark.parametrize(
@@ -43,9 +43,9 @@ def test_retry_must_be_digits(retry: object) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("ping", b": ping\n\n", id="simple"),
-        pytest.param("", b":\n\n", id="empty"),
-        pytest.param("a\r\nb", b": a\n: b\n\n", id="multi-line"),
+        pytest.param("ping", b": ping\n", id="simple"),
+        pytest.param("", b":\n", id="empty"),
+        pytest.param("a\r\nb", b": a\n: b\n", id="multi-line"),
     ],
 )
 def test_comment(text: str, expected: bytes) -> None:
@@ -53,10 +53,28 @@ def test_comment(text: str, expected: bytes) -> None:
 
 
 def test_json_event_fast_path_matches_the_general_encoder() -> None:
-    payload = b'{"type":"token","token":"a\\nb"}'
-    assert sse.encode_json_event(12, payload) == sse.encode(payload.decode(), id=12)
+    payload = {"type": "token", "token": "a\nb\r\u2028"}
+    assert sse.json_event(12, payload) == sse.encode(sse.dumps(payload).decode(), id=12)
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        pytest.param("a\u2028b", b"a\\u2028b", id="line-separator"),
+        pytest.param("a\u2029b", b"a\\u2029b", id="paragraph-separator"),
+        pytest.param("a\x85b", b"a\\u0085b", id="next-line"),
+        pytest.param("a\x0bb\x0cc\x1cd", b"a\\u000bb\\fc\\u001cd", id="controls"),
+        pytest.param("\u2027\u202a\x84\x86", "\u2027\u202a\x84\x86".encode(), id="neighbours"),
+    ],
+)
+def test_data_never_holds_a_line_break_of_any_splitter(text: str, escaped: bytes) -> None:
+    event = sse.json_event(0, {"t": text})
+    assert event == b'id: 0\ndata: {"t":"' + escaped + b'"}\n\n'
+    # Python's splitlines breaks on every line end Unicode knows: still two lines and a blank.
+    assert event.decode().splitlines() == event.decode().split("\n")[:-1]
 
 
 def test_constants() -> None:
     assert sse.encode("[DONE]") == sse.DONE
     assert sse.comment("ping") == sse.PING
+    assert sse.retry_line(1000) == b"retry: 1000\n"

@@ -46,7 +46,9 @@ def test_a_stream_end_to_end(relay_service: Service, sim: Any) -> None:
     events = collect(stream)
     assert bytes(stream.raw).startswith((b"retry: ", b":"))
     check_well_formed(events)
-    assert events[0].json == {"type": "start", "stream_id": stream_id, "model": "sim-model"}
+    start_event = events[0].json
+    assert len(start_event.pop("resume_token")) >= 22  # 128 bits in base64url
+    assert start_event == {"type": "start", "stream_id": stream_id, "model": "sim-model"}
     assert text_of(events) == DEFAULT_TEXT
     done = events[-2].json
     assert done["type"] == "done" and done["finish_reason"] == "stop"
@@ -168,10 +170,15 @@ def test_attach_from_the_start_and_past_the_end(relay_service: Service, sim: Any
     again = collect(attach(relay_service.url, stream_id))
     assert [(e.id, e.data) for e in again] == [(e.id, e.data) for e in first]
     last = int(first[-2].id)  # type: ignore[arg-type]
-    past = collect(attach(relay_service.url, stream_id, last))
-    assert [e.data for e in past] == ["[DONE]"]
-    beyond = collect(attach(relay_service.url, stream_id, last + 100))
-    assert [e.data for e in beyond] == ["[DONE]"]
+    # At or past the terminal event: 204 and no body, so an EventSource stops reconnecting.
+    for after in (last, last + 100):
+        past = attach(relay_service.url, stream_id, after)
+        assert past.status == 204
+        assert past.response.read() == b""
+        past.conn.close()
+    # One before it: the terminal event, then [DONE].
+    tail = collect(attach(relay_service.url, stream_id, last - 1))
+    assert [e.id for e in tail] == [str(last), None]
 
 
 def test_several_clients_follow_one_stream(relay_service: Service, sim: Any) -> None:
@@ -328,8 +335,9 @@ def test_hundreds_of_concurrent_streams_on_one_worker(service_factory: Any, sim:
 def test_a_huge_last_event_id_is_past_the_end(relay_service: Service, sim: Any) -> None:
     events = collect(start(relay_service.url, body(tokens=2)))
     stream_id = events[0].json["stream_id"]
-    past = collect(attach(relay_service.url, stream_id, "9" * 40))
-    assert [e.data for e in past] == ["[DONE]"]
+    past = attach(relay_service.url, stream_id, "9" * 40)
+    assert past.status == 204
+    past.conn.close()
 
 
 def test_ttl_zero_still_ends_every_response_with_done(service_factory: Any, sim: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.upstream import parse_retry_after
+from streaming.upstream.openai import parse_retry_after
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,7 @@ from typing import Any
 import httpx2
 import openai
 
-from .chunks import UpstreamCutError, iter_sse_data, parse_chunk
-from .errors import (
+from ..errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimitedError,
@@ -27,9 +26,10 @@ from .errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from ..settings import Settings
+from .chunks import UpstreamCutError, iter_sse_data, parse_chunk
 from .provider import FINISH, Item
 from .rawbody import abort, iter_body
-from .settings import Settings
 
 _KEEPALIVE_CONNECTIONS = 32
 _READY_CACHE_SECONDS = 5.0

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .errors import UpstreamError
+from ..errors import UpstreamError
 from .provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 
 _SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
