@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ApiError
+from .settings import Settings
 
 _WHOLE_NUMBER = re.compile(r"^[0-9]+$")
 _PAST_ANY_STREAM = 2**62  # a cursor no stream reaches
@@ -68,10 +69,9 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
 
 
-def parse_chat_request(
-    raw: Any, *, default_model: str, allowed_models: list[str]
-) -> dict[str, Any]:
-    """Validate a parsed body; return the upstream parameters (messages exactly as sent)."""
+def parse_chat_request(raw: Any, settings: Settings) -> dict[str, Any]:
+    """Validate a parsed native body; return the upstream parameters (messages exactly as
+    sent). Other formats map their requests to these same parameters."""
     if not isinstance(raw, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     unknown = sorted(set(raw) - set(ChatRequest.model_fields))
@@ -81,17 +81,24 @@ def parse_chat_request(
         request = ChatRequest.model_validate(raw)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _describe(exc)) from None
-    model = request.model or default_model
-    if allowed_models and model not in allowed_models:
-        raise ApiError(422, "invalid_request",
-                       f"model: {model!r} is not allowed here; use one of "
-                       + ", ".join(repr(m) for m in allowed_models))
-    params: dict[str, Any] = {"model": model, "messages": raw["messages"]}
+    params: dict[str, Any] = {"model": choose_model(request.model, settings),
+                              "messages": raw["messages"]}
     if request.temperature is not None:
         params["temperature"] = request.temperature
     if request.max_tokens is not None:
         params["max_tokens"] = request.max_tokens
     return params
+
+
+def choose_model(model: str | None, settings: Settings) -> str:
+    """The model to ask for: the client's if allowed (422 otherwise), else LLM_MODEL."""
+    model = model or settings.LLM_MODEL
+    allowed = settings.ALLOWED_MODELS
+    if allowed and model not in allowed:
+        raise ApiError(422, "invalid_request",
+                       f"model: {model!r} is not allowed here; use one of "
+                       + ", ".join(repr(m) for m in allowed))
+    return model
 
 
 def parse_last_event_id(header: str | None, query: str | None) -> int | None:

@@ -145,11 +145,7 @@ def start_stream() -> Response:
     body = _read_body(manager.settings.MAX_BODY_BYTES)
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    params = parse_chat_request(
-        parse_json(body),
-        default_model=manager.settings.LLM_MODEL,
-        allowed_models=manager.settings.ALLOWED_MODELS,
-    )
+    params = parse_chat_request(parse_json(body), manager.settings)
     generation, following = manager.start(params, owner)
     return _stream_response(manager, generation.stream_id, 0, following.release)
 

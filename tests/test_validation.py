@@ -7,13 +7,15 @@ from typing import Any
 import pytest
 
 from streaming.errors import ApiError
+from streaming.settings import Settings
 from streaming.validation import parse_chat_request, parse_json, parse_last_event_id
 
 USER = {"role": "user", "content": "Hi"}
 
 
 def parse(raw: Any, allowed: list[str] | None = None) -> dict[str, Any]:
-    return parse_chat_request(raw, default_model="default-model", allowed_models=allowed or [])
+    settings = Settings(LLM_MODEL="default-model", ALLOWED_MODELS=",".join(allowed or []))
+    return parse_chat_request(raw, settings)
 
 
 def test_minimal_request_gets_the_default_model() -> None:
