@@ -83,11 +83,16 @@ class StreamManager:
     def __len__(self) -> int:
         return len(self._running)
 
+    @staticmethod
+    def new_stream_id() -> str:
+        return secrets.token_urlsafe(24)  # 192 random bits
+
     def start(self, params: dict[str, Any], owner: str | None, *, fmt: str = "native",
-              options: Mapping[str, Any] | None = None) -> tuple[Generation, Following]:
+              options: Mapping[str, Any] | None = None,
+              stream_id: str | None = None) -> tuple[Generation, Following]:
         """Reserve the slots, create the stream and its first event, follow it."""
         s = self.settings
-        stream_id = secrets.token_urlsafe(24)  # 192 random bits
+        stream_id = stream_id or self.new_stream_id()
         meta = StreamMeta(
             stream_id=stream_id, owner=owner, model=params["model"], format=fmt,
             resume_token=secrets.token_urlsafe(24), worker=self.store.worker_id,
