@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .errors import ApiError, StreamingError, UpstreamError
-from .settings import Settings
+from .settings import Settings, startup_warnings
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -41,6 +42,12 @@ class LLMStream:
         provider = self._provider or make_provider(settings)
         app.extensions[EXTENSION] = StreamManager(settings, store, provider, Metrics())
         app.register_blueprint(bp, url_prefix=url_prefix)
+        for warning in startup_warnings(settings):
+            logging.getLogger(__name__).warning("%s", warning)
+        if settings.CORS_ORIGINS:
+            from .cors import Cors
+
+            Cors(settings.CORS_ORIGINS).install(app)
 
 
 def make_store(settings: Settings) -> StreamStore:
