@@ -21,15 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
-# Variables of the contract that a developer's shell may hold: tests set their own.
+# Variables of the contract (PROTOCOL.md, "Configuration") and of the OpenAI SDK that a
+# developer's shell may hold: tests set their own. An exported OPENAI_API_KEY must never send a
+# test to the real OpenAI.
 _CONTRACT_VARS = (
     "OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_PROVIDER", "LLM_MODEL", "ALLOWED_MODELS",
     "HEARTBEAT_INTERVAL", "FIRST_TOKEN_TIMEOUT", "IDLE_TIMEOUT", "STREAM_TIMEOUT",
     "UPSTREAM_RETRIES", "BUFFER_MAX_TOKENS", "BUFFER_MAX_DELAY_MS", "RESUME_GRACE",
-    "STREAM_TTL", "REDIS_URL", "API_KEYS", "MAX_BODY_BYTES", "MAX_STREAMS",
-    "MAX_STREAMS_PER_KEY", "BIND", "WEB_CONCURRENCY", "WORKER_CONNECTIONS",
-    "PROMETHEUS_MULTIPROC_DIR",
+    "STREAM_TTL", "REDIS_URL", "REDIS_CLUSTER", "REDIS_PREFIX", "CORS_ORIGINS", "API_KEYS",
+    "MAX_BODY_BYTES", "MAX_STREAMS", "MAX_STREAMS_PER_KEY", "MAX_MESSAGES",
+    "MAX_OUTPUT_TOKENS", "IMAGE_URL_SCHEMES", "MAX_FOLLOWERS", "MAX_CONNECTIONS_PER_KEY",
+    "BODY_TIMEOUT", "SEND_TIMEOUT", "BIND", "WEB_CONCURRENCY", "WORKER_CONNECTIONS",
+    "GRACEFUL_TIMEOUT", "SIMULATED_TOKENS_PER_SECOND", "PROMETHEUS_MULTIPROC_DIR",
+    "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_contract_environment() -> Iterator[None]:
+    """In-process tests (Settings(), the blueprint, the SDK) never see the shell's values."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _CONTRACT_VARS:
+            patch.delenv(name, raising=False)
+        yield
 
 
 def free_port() -> int:
