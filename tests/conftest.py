@@ -181,3 +181,6 @@ def sim_prompt(**script: Any) -> list[dict[str, Any]]:
     import json
 
     return [{"role": "user", "content": "SIM " + json.dumps(script)}]
+
+
+from redisfix import redis_cluster, redis_crashable, redis_server  # noqa: E402, F401

@@ -3,14 +3,18 @@ counters and indexes."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from streaming.settings import Settings
 from streaming.stores import StreamClosedError, StreamMeta, StreamStore, UnknownStreamError
 from streaming.stores.memory import MemoryStore
+from streaming.stores.redis import RedisStore
 
 
 class Clock:
@@ -26,9 +30,20 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory"])
+def redis_settings(url: str, **extra: Any) -> Settings:
+    """Settings for a RedisStore of its own: a fresh prefix keeps tests apart on one server."""
+    values: dict[str, Any] = {"REDIS_URL": url, "REDIS_PREFIX": f"t{secrets.token_hex(4)}:",
+                              "STREAM_TTL": 60, **extra}
+    return Settings(**values)
+
+
+@pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest, clock: Clock) -> Iterator[StreamStore]:
-    s = MemoryStore(ttl=60, clock=clock)
+    s: StreamStore
+    if request.param == "memory":
+        s = MemoryStore(ttl=60, clock=clock)
+    else:
+        s = RedisStore(redis_settings(request.getfixturevalue("redis_server").url))
     yield s
     s.close()
 
@@ -102,7 +117,24 @@ def test_the_end_is_written_once(store: StreamStore) -> None:
         store.append("s", 2, [b"late"], end=True)
 
 
-def test_expiry_after_ttl_counts_from_the_end(store: StreamStore, clock: Clock) -> None:
+def test_expiry_after_ttl_counts_from_the_end(store: StreamStore, clock: Clock,
+                                               request: pytest.FixtureRequest) -> None:
+    if isinstance(store, RedisStore):
+        # Redis expires by its own clock: a store whose ended streams live 0.3 s.
+        short = RedisStore(redis_settings(request.getfixturevalue("redis_server").url,
+                                          STREAM_TTL=0.3))
+        try:
+            short.create(meta(), [b"e0"])
+            short.append("s", 1, [b"end"], end=True)
+            assert short.read("s", 0, 0) == ([b"e0", b"end"], True)
+            deadline = time.monotonic() + 10
+            with pytest.raises(UnknownStreamError):
+                while time.monotonic() < deadline:
+                    short.read("s", 0, 0)
+                    time.sleep(0.05)
+        finally:
+            short.close()
+        return
     store.create(meta(), [b"e0"])
     clock.now += 500  # running streams do not expire
     assert store.read("s", 0, 0) == ([b"e0"], False)
@@ -120,8 +152,7 @@ def test_end_locally_releases_this_workers_readers(store: StreamStore) -> None:
     assert store.read("s", 0, 0) == ([b"e0", b"lost"], True)
 
 
-def test_reader_is_woken_by_append() -> None:
-    store = MemoryStore(ttl=60)
+def test_reader_is_woken_by_append(store: StreamStore) -> None:
     store.create(meta(), [b"e0"])
     got: list[tuple[list[bytes], bool]] = []
     waiting = threading.Event()
@@ -140,8 +171,7 @@ def test_reader_is_woken_by_append() -> None:
     assert time.monotonic() - started < 5
 
 
-def test_wake_releases_a_waiting_reader() -> None:
-    store = MemoryStore(ttl=60)
+def test_wake_releases_a_waiting_reader(store: StreamStore) -> None:
     store.create(meta(), [b"e0"])
     got: list[tuple[list[bytes], bool]] = []
     t = threading.Thread(target=lambda: got.append(store.read("s", 1, 30)))

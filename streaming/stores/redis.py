@@ -1,0 +1,383 @@
+"""The Redis store: every stream in Redis (or Valkey, or a Redis Cluster), for every worker and
+host. The one module that imports `redis`.
+
+Writes are one Lua script per call (one round trip per flush of the relay's buffer). Readers
+never hold a connection: events this worker produced are mirrored in memory, and streams
+produced elsewhere are mirrored by one follow loop per worker (`redis_follow`) that listens on
+a single pub/sub connection and range-reads what changed. Commands go through a bounded
+blocking pool; every call has socket timeouts and is retried for `retry_for` seconds, then
+raises `errors.StoreUnavailableError` (never a `redis` exception).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.retry import Retry
+
+from ..errors import StoreUnavailableError
+from ..green import spawn
+from ..settings import Settings
+from . import redis_scripts as lua
+from .base import Counter, IndexKey, Producer, StreamClosedError, StreamMeta, UnknownStreamError
+from .redis_follow import FollowLoop, Mirror, events_of
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Worth another attempt within the retry window: the server is away, busy or failing over.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError,
+              redis.ReadOnlyError)
+
+_META_FIELDS = ("model", "format", "resume_token", "w", "created", "options")
+
+
+class RedisStore:
+    """`StreamStore` on Redis. Starts its lease and follow loop at once; connects lazily."""
+
+    def __init__(self, settings: Settings, *, worker_id: str | None = None,
+                 lease: float = 5.0, renew_every: float = 1.0, retry_for: float = 2.0,
+                 max_connections: int = 32, linger: float = 5.0) -> None:
+        if not settings.REDIS_URL:
+            raise ValueError("RedisStore needs REDIS_URL")
+        self.worker_id = worker_id or secrets.token_hex(8)
+        self.keys = lua.Keys(settings.REDIS_PREFIX)
+        self.retry_for = retry_for
+        self.lease = lease
+        self.linger = linger
+        self._ended_ttl_ms = max(1, int(settings.STREAM_TTL * 1000))
+        # Running streams outlive STREAM_TIMEOUT, the longest a producer runs, by the time it
+        # may then be resumed: no key is ever without a TTL, even if its worker dies.
+        self._running_ttl_ms = int((settings.STREAM_TIMEOUT + settings.STREAM_TTL + 60) * 1000)
+        self._index_ttl_ms = max(1, int((settings.STREAM_TIMEOUT + settings.STREAM_TTL) * 1000))
+        self.ttl = settings.STREAM_TTL
+        timeouts: dict[str, Any] = {
+            "socket_timeout": 2.0, "socket_connect_timeout": 2.0,
+            # Retrying is ours (`_call`): one window, whatever the command.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self.client: Any
+        if settings.REDIS_CLUSTER:
+            self.client = redis.RedisCluster.from_url(
+                settings.REDIS_URL, max_connections=max_connections, **timeouts)
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=max_connections, timeout=retry_for,
+                **timeouts)
+            self.client = redis.Redis(connection_pool=pool)
+        self._scripts = {name: self.client.register_script(getattr(lua, name)) for name in (
+            "CREATE", "APPEND", "CANCEL", "ACQUIRE", "RELEASE", "LEASE", "INDEX_ADD",
+            "INDEX_REMOVE")}
+        self.mirrors: dict[str, Mirror] = {}
+        self.lock = threading.Lock()
+        self.producers: dict[str, Producer] = {}
+        self.live: frozenset[str] = frozenset((self.worker_id,))
+        self.lease_renewed = 0.0  # monotonic time of the last renewal that succeeded
+        self.closed = threading.Event()
+        self._checked_policy = False
+        self._lease_loop = spawn(self._renew_lease, "redis-lease")
+        self._follow = FollowLoop(self)
+
+    # -- the log ------------------------------------------------------------------------
+
+    def create(self, meta: StreamMeta, events: list[bytes]) -> None:
+        if time.monotonic() - self.lease_renewed > self.lease / 2:
+            self.renew_lease()  # a stream must not start under a lapsed lease
+        fields: list[Any] = [
+            "model", meta.model, "format", meta.format, "resume_token", meta.resume_token,
+            "w", meta.worker, "created", repr(meta.created), "options", json.dumps(meta.options),
+        ]
+        if meta.owner is not None:
+            fields += ["owner", meta.owner]
+        meta_key, log_key, _ = self.keys.stream(meta.stream_id)
+        ok = self.call(lambda retried: self._scripts["CREATE"](
+            keys=[meta_key, log_key], args=[self._running_ttl_ms, int(retried), meta.resume_token,
+                               len(fields) // 2, *fields, *events]))
+        if not ok:
+            raise ValueError("stream id already in use")
+        mirror = Mirror(meta, local=True)
+        mirror.log.events.extend(events)
+        with self.lock:
+            self.mirrors[meta.stream_id] = mirror
+
+    def append(self, stream_id: str, seq: int, events: list[bytes], *, end: bool = False) -> None:
+        keys = self.keys.stream(stream_id)
+        channel = self.keys.notify(stream_id)
+        result = self.call(lambda retried: self._scripts["APPEND"](
+            keys=keys, args=[seq, int(end), self._ended_ttl_ms, int(retried), channel, *events]))
+        if result == -1:
+            raise UnknownStreamError(stream_id)
+        if result == 0:
+            raise StreamClosedError(f"stream {stream_id[:8]} does not hold {seq} events, "
+                                    f"or has ended")
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None:
+            # Only now: a reader here never sees what other workers could not read.
+            with self.lock:
+                mirror.add(seq, events, self.ttl if end else None)
+        if result == 2:
+            # Someone cancelled and the message may have been lost: the flag says it again.
+            producer = self.producers.get(stream_id)
+            if producer is not None:
+                producer.cancel()
+
+    def read(self, stream_id: str, cursor: int, timeout: float) -> tuple[list[bytes], bool]:
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None and mirror.expired():
+            # Redis holds the truth on expiry: ask it.
+            with self.lock:
+                self.mirrors.pop(stream_id, None)
+            mirror = None
+        if mirror is None:
+            mirror_or_answer = self._open(stream_id, cursor)
+            if isinstance(mirror_or_answer, tuple):
+                return mirror_or_answer
+            mirror = mirror_or_answer
+        mirror.readers += 1
+        try:
+            if mirror.gone:
+                raise UnknownStreamError(stream_id)
+            return mirror.log.read(cursor, timeout)
+        finally:
+            mirror.readers -= 1
+            mirror.idle_since = time.monotonic()
+
+    def status(self, stream_id: str) -> tuple[int, bool]:
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None and mirror.local and not mirror.expired():
+            return len(mirror.log.events), mirror.log.ended
+        m, _, _ = self.keys.stream(stream_id)
+        state, n = self.call(lambda _: self.client.hmget(m, "state", "n"))
+        if state is None:
+            raise UnknownStreamError(stream_id)
+        return int(n), state == b"ended"
+
+    def meta(self, stream_id: str) -> StreamMeta:
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None and not mirror.expired():
+            return mirror.meta
+        m, _, _ = self.keys.stream(stream_id)
+        return self._meta(stream_id, self.call(lambda _: self.client.hgetall(m)))
+
+    def wake(self, stream_id: str) -> None:
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None:
+            mirror.log.notify()
+
+    def end_locally(self, stream_id: str, events: list[bytes]) -> None:
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None:
+            with self.lock:
+                mirror.add(len(mirror.log.events), events, self.ttl)
+
+    # -- control ------------------------------------------------------------------------
+
+    def register(self, stream_id: str, producer: Producer) -> None:
+        self.producers[stream_id] = producer
+
+    def unregister(self, stream_id: str) -> None:
+        self.producers.pop(stream_id, None)
+        mirror = self.mirrors.get(stream_id)
+        if mirror is not None and not mirror.log.ended:
+            # Its producer stopped without an end here (another worker may have written it):
+            # follow it like any stream produced elsewhere.
+            mirror.local = False
+
+    def cancel(self, stream_id: str) -> None:
+        producer = self.producers.get(stream_id)
+        if producer is not None:
+            producer.cancel()
+            return
+        m, _, _ = self.keys.stream(stream_id)
+        self.call(lambda _: self._scripts["CANCEL"](
+            keys=[m], args=[self.keys.control(""), stream_id]))
+
+    # -- presence and limits ------------------------------------------------------------
+
+    def acquire(self, counter: Counter, limit: int) -> bool:
+        key = self._counter_key(counter)
+        live = self._live()
+        return bool(self.call(lambda _: self._scripts["ACQUIRE"](
+            keys=[key], args=[limit, self.worker_id, self._running_ttl_ms, *live])))
+
+    def release(self, counter: Counter) -> None:
+        key = self._counter_key(counter)
+        keys = [key]
+        if counter[0] == "followers":
+            keys.append(self.keys.stream(counter[1])[0])
+        live = self._live()
+        result = self.call(lambda _: self._scripts["RELEASE"](
+            keys=keys, args=[self.worker_id, self.keys.control(""), counter[1], *live]))
+        if len(result) > 1:  # the last follower left a running stream: tell its producer
+            producer = self.producers.get(counter[1])
+            if producer is not None:
+                producer.presence_changed()
+
+    def count(self, counter: Counter) -> int:
+        key = self._counter_key(counter)
+        counts = self.call(lambda _: self.client.hgetall(key))
+        live = self._live()
+        return sum(int(n) for w, n in counts.items() if w.decode() in live and int(n) > 0)
+
+    # -- indexes ------------------------------------------------------------------------
+
+    def index_add(self, key: IndexKey, value: str) -> str | None:
+        k = self.keys.index(*key)
+        old = self.call(lambda _: self._scripts["INDEX_ADD"](
+            keys=[k], args=[value, self._index_ttl_ms]))
+        return None if old is None else bytes(old).decode()
+
+    def index_swap(self, key: IndexKey, value: str) -> str | None:
+        k = self.keys.index(*key)
+        old = self.call(lambda _: self.client.set(k, value, px=self._index_ttl_ms, get=True))
+        return None if old is None else bytes(old).decode()
+
+    def index_get(self, key: IndexKey) -> str | None:
+        k = self.keys.index(*key)
+        value = self.call(lambda _: self.client.get(k))
+        return None if value is None else bytes(value).decode()
+
+    def index_remove(self, key: IndexKey, value: str) -> None:
+        k = self.keys.index(*key)
+        self.call(lambda _: self._scripts["INDEX_REMOVE"](keys=[k], args=[value]))
+
+    # -- health -------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for loop in (self._lease_loop, self._follow.runner):
+            loop.join(5)
+        with suppress(redis.RedisError):
+            # Workers following this one's streams find them lost at once, not after a lease.
+            self.client.zrem(self.keys.workers, self.worker_id)
+        self.client.close()
+
+    # -- inside: calls and the lease ----------------------------------------------------
+
+    def call(self, fn: Callable[[bool], T]) -> T:
+        """`fn(retried)`, retried on transient failures for `retry_for` seconds."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        retried = False
+        while True:
+            try:
+                return fn(retried)
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay >= deadline or self.closed.is_set():
+                    raise StoreUnavailableError("the Redis store is unreachable") from exc
+            except redis.RedisError as exc:
+                raise StoreUnavailableError(f"the Redis store failed: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            retried = True
+
+    def pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+        """Commands queued by `build(pipe)`, in one round trip per node."""
+        def run(_: bool) -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            return list(pipe.execute())
+        return self.call(run)
+
+    def publish_raw(self, channel: str, message: str) -> None:
+        self.call(lambda _: self.client.publish(channel, message))
+
+    def pubsub(self) -> Any:
+        return self.client.pubsub(ignore_subscribe_messages=True)
+
+    def renew_lease(self) -> None:
+        """Renew this worker's lease and learn which workers are live."""
+        live = self.call(lambda _: self._scripts["LEASE"](
+            keys=[self.keys.workers],
+            args=[self.worker_id, int(self.lease * 1000), int(self.lease * 12_000)]))
+        self.live = frozenset(w.decode() for w in live)
+        self.lease_renewed = time.monotonic()
+        if not self._checked_policy:
+            self._checked_policy = True
+            self._check_policy()
+
+    def lease_fresh(self) -> bool:
+        return time.monotonic() - self.lease_renewed < self.lease / 2
+
+    def _renew_lease(self) -> None:
+        while not self.closed.is_set():
+            try:
+                self.renew_lease()
+            except StoreUnavailableError:
+                log.warning("could not renew this worker's lease: Redis is unreachable")
+            except Exception:
+                log.exception("could not renew this worker's lease")
+            self.closed.wait(1.0)
+
+    def _check_policy(self) -> None:
+        try:
+            policy = self.client.config_get("maxmemory-policy")
+        except redis.RedisError:
+            return  # CONFIG may be disabled (managed Redis): nothing to tell
+        values = policy.values() if isinstance(policy, dict) else []
+        for value in values:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if text.startswith("allkeys-"):
+                log.warning("Redis maxmemory-policy is %s: it may evict streams that are still "
+                            "running or resumable; use noeviction or volatile-*", text)
+                return
+
+    def _live(self) -> Iterable[str]:
+        return self.live | {self.worker_id}
+
+    def _counter_key(self, counter: Counter) -> str:
+        kind, name = counter
+        if kind == "followers":
+            return self.keys.stream(name)[2]
+        return self.keys.counter(kind, name)
+
+    def _open(self, stream_id: str, cursor: int) -> Mirror | tuple[list[bytes], bool]:
+        """Read a stream this worker holds no mirror of: an ended one at once, a running one
+        into a new mirror that the follow loop keeps current."""
+        meta_key, log_key, _ = self.keys.stream(stream_id)
+
+        def build(pipe: Any) -> None:
+            pipe.hgetall(meta_key)
+            pipe.xrange(log_key, "-", "+")
+
+        fields, entries = self.pipeline(build)
+        meta = self._meta(stream_id, fields)
+        events = events_of(entries, 0)
+        if fields.get(b"state") == b"ended" and len(events) == int(fields[b"n"]):
+            return events[cursor:], True
+        mirror = Mirror(meta, local=False)
+        mirror.log.events.extend(events)
+        with self.lock:
+            mirror = self.mirrors.setdefault(stream_id, mirror)
+        self._follow.follow(stream_id)
+        return mirror
+
+    def _meta(self, stream_id: str, fields: dict[bytes, bytes]) -> StreamMeta:
+        if not fields or b"model" not in fields:
+            raise UnknownStreamError(stream_id)
+        get = {k: fields[k.encode()].decode() for k in _META_FIELDS}
+        owner = fields.get(b"owner")
+        return StreamMeta(
+            stream_id=stream_id, owner=None if owner is None else owner.decode(),
+            model=get["model"], format=get["format"], resume_token=get["resume_token"],
+            worker=get["w"], created=float(get["created"]), options=json.loads(get["options"]))
+

@@ -1,0 +1,277 @@
+"""The Redis store's in-memory side: mirrors of streams, and the one follow loop per worker that
+keeps the mirrors of streams produced elsewhere current.
+
+The loop owns one pub/sub connection. It subscribes to the notification channel of each stream
+this worker's clients follow, and to this worker's control channel (cancel, presence); on a
+notification it range-reads every changed stream in one pipelined round trip, and it polls
+quiet streams about once a second in case a notification was lost. It also ends, exactly once
+through the store's compare-and-append, the streams whose producer's worker lost its lease, and
+ends the mirrors here with `store_unavailable` when Redis stays away.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import formats
+from ..events import PRODUCER_LOST, STORE_UNAVAILABLE, Failed
+from ..green import spawn
+from .base import StreamClosedError, StreamMeta
+from .memory import Log
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+log = logging.getLogger(__name__)
+
+LISTEN = 0.1  # how long one turn of the loop waits for a message
+POLL = 1.0  # how often a quiet stream is read anyway, and lost producers looked for
+
+
+@dataclass(slots=True, eq=False)
+class Mirror:
+    """One stream's events as this worker holds them, from seq 0."""
+
+    meta: StreamMeta
+    local: bool  # produced by this worker: its appends fill it, nothing else
+    log: Log = field(default_factory=Log)
+    readers: int = 0  # read() calls under way
+    idle_since: float = field(default_factory=time.monotonic)
+    checked: float = 0.0  # monotonic time it was last read from Redis
+    gone: bool = False  # expired or deleted in Redis
+
+    def add(self, first: int, events: list[bytes], ended_ttl: float | None) -> bool:
+        """Add `events` (seq `first` on); True if the mirror holds them all now."""
+        skip = len(self.log.events) - first
+        if skip < 0 or self.log.ended:
+            return False
+        self.log.events.extend(events[skip:])
+        if ended_ttl is not None:
+            self.log.expires_at = time.monotonic() + ended_ttl
+            self.log.ended = True
+        self.log.notify()
+        return True
+
+    def expired(self) -> bool:
+        expires_at = self.log.expires_at
+        return expires_at is not None and expires_at <= time.monotonic()
+
+    @property
+    def followed(self) -> bool:
+        """Kept current by the follow loop."""
+        return not self.local and not self.log.ended and not self.gone
+
+
+def events_of(entries: list[Any], first: int) -> list[bytes]:
+    """The events of XRANGE entries that follow on from seq `first` without a gap."""
+    events: list[bytes] = []
+    for entry_id, fields in entries:
+        if int(entry_id.split(b"-", 1)[0]) != first + len(events):
+            break
+        events.append(fields[b"e"])
+    return events
+
+
+def terminal(meta: StreamMeta, seq: int, event: Failed) -> list[bytes]:
+    """`event` as the stream's SSE event number `seq`, in the stream's own format."""
+    return formats.get(meta.format).encoder(meta, seq).encode([event])
+
+
+class FollowLoop:
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._due: set[str] = set()
+        self._channels: dict[bytes, str] = {}  # subscribed notification channel -> stream
+        self._control = store.keys.control(store.worker_id).encode()
+        self.runner = spawn(self._run, "redis-follow")
+
+    def follow(self, stream_id: str) -> None:
+        """A new mirror of a stream produced elsewhere: subscribe and catch up."""
+        self._due.add(stream_id)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        store = self.store
+        pubsub: Any = None
+        last_poll = 0.0
+        failing_since: float | None = None
+        while not store.closed.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = store.pubsub()
+                    pubsub.subscribe(self._control)
+                    self._channels = {}
+                    self._recheck_cancels()
+                self._subscribe(pubsub)
+                self._listen(pubsub)
+                now = time.monotonic()
+                if now - last_poll >= POLL:
+                    last_poll = now
+                    self._drop_idle(now)
+                    self._due.update(sid for sid, m in list(store.mirrors.items())
+                                     if m.followed and now - m.checked >= POLL)
+                    self._end_lost()
+                if self._due:
+                    self.refresh(self._due)
+                failing_since = None
+            except Exception as exc:
+                if pubsub is not None:
+                    _close_quietly(pubsub)
+                    pubsub = None
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    log.warning("following streams in Redis failed (%s); retrying",
+                                type(exc).__name__)
+                elif now - failing_since > store.retry_for:
+                    self._end_unavailable()
+                store.closed.wait(0.25)
+        if pubsub is not None:
+            _close_quietly(pubsub)
+
+    def _subscribe(self, pubsub: Any) -> None:
+        store = self.store
+        want = {store.keys.notify(sid).encode(): sid
+                for sid, m in list(store.mirrors.items()) if m.followed}
+        new = [c for c in want if c not in self._channels]
+        old = [c for c in self._channels if c not in want]
+        if new:
+            pubsub.subscribe(*new)
+            # What was appended before the subscription took effect is read once now.
+            self._due.update(want[c] for c in new)
+        if old:
+            pubsub.unsubscribe(*old)
+        self._channels = want
+
+    def _listen(self, pubsub: Any) -> None:
+        message = pubsub.get_message(timeout=LISTEN)
+        for _ in range(10_000):
+            if message is None:
+                return
+            if message.get("type") == "message":
+                self._on_message(message["channel"], message["data"])
+            message = pubsub.get_message(timeout=0.0)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        store = self.store
+        if channel == self._control:
+            what, _, stream_id = data.decode().partition(" ")
+            producer = store.producers.get(stream_id)
+            if producer is not None:
+                if what == "cancel":
+                    producer.cancel()
+                elif what == "presence":
+                    producer.presence_changed()
+            return
+        followed = self._channels.get(channel)
+        mirror = store.mirrors.get(followed) if followed is not None else None
+        if followed is None or mirror is None:
+            return
+        n, _, end = data.decode().partition(" ")
+        if len(mirror.log.events) < int(n) or (end and not mirror.log.ended):
+            self._due.add(followed)
+
+    # -- reading, in one round trip -----------------------------------------------------
+
+    def refresh(self, due: set[str]) -> None:
+        """Bring the mirrors of `due` up to date from Redis (and empty `due`)."""
+        store = self.store
+        batch = [(sid, m, len(m.log.events)) for sid in list(due)
+                 if (m := store.mirrors.get(sid)) is not None and m.followed]
+        due.clear()
+        if not batch:
+            return
+
+        def build(pipe: Any) -> None:
+            for sid, _, have in batch:
+                meta_key, log_key, _ = store.keys.stream(sid)
+                pipe.hmget(meta_key, "state", "n")
+                pipe.xrange(log_key, f"{have}-0", "+")
+
+        replies = store.pipeline(build)
+        now = time.monotonic()
+        for i, (sid, mirror, have) in enumerate(batch):
+            (state, n), entries = replies[2 * i], replies[2 * i + 1]
+            mirror.checked = now
+            if state is None:
+                mirror.gone = True  # expired or deleted: its readers stop
+                mirror.log.notify()
+                continue
+            events = events_of(entries, have)
+            # The state was read before the entries: if it had ended, every event came.
+            ended = state == b"ended" and have + len(events) == int(n)
+            with store.lock:
+                mirror.add(have, events, store.ttl if ended else None)
+            if state == b"ended" and not ended:
+                due.add(sid)
+
+    # -- lost producers, lost Redis -----------------------------------------------------
+
+    def _end_lost(self) -> None:
+        store = self.store
+        suspects = [sid for sid, m in list(store.mirrors.items())
+                    if m.followed and m.meta.worker not in store.live]
+        if not suspects or not store.lease_fresh():
+            return  # without a fresh view of the leases, nobody is declared lost
+        store.renew_lease()  # a worker that started a moment ago is not lost
+        for sid in suspects:
+            mirror = store.mirrors.get(sid)
+            if mirror is None or mirror.meta.worker in store.live:
+                continue
+            self.refresh({sid})
+            if not mirror.followed:
+                continue
+            n = len(mirror.log.events)
+            try:
+                store.append(sid, n, terminal(mirror.meta, n, PRODUCER_LOST), end=True)
+                log.warning("stream %s: its worker's lease lapsed; ended it with producer_lost",
+                            sid[:8])
+            except StreamClosedError:
+                pass  # someone else wrote its end (or more came): read what is there
+            self._due.add(sid)
+
+    def _end_unavailable(self) -> None:
+        """Redis stayed away: this worker's readers of streams produced elsewhere learn why."""
+        store = self.store
+        for sid, mirror in list(store.mirrors.items()):
+            if mirror.followed:
+                n = len(mirror.log.events)
+                with store.lock:
+                    mirror.add(n, terminal(mirror.meta, n, STORE_UNAVAILABLE), store.ttl)
+                log.warning("stream %s: Redis is unreachable; ended it for its readers here",
+                            sid[:8])
+
+    def _recheck_cancels(self) -> None:
+        """After (re)subscribing: a cancel published while the loop was not listening is in
+        the stream's `cancel` flag."""
+        store = self.store
+        stream_ids = list(store.producers)
+        if not stream_ids:
+            return
+
+        def build(pipe: Any) -> None:
+            for sid in stream_ids:
+                pipe.hget(store.keys.stream(sid)[0], "cancel")
+
+        for sid, flag in zip(stream_ids, store.pipeline(build), strict=True):
+            producer = store.producers.get(sid)
+            if flag is not None and producer is not None:
+                producer.cancel()
+
+    def _drop_idle(self, now: float) -> None:
+        store = self.store
+        with store.lock:
+            for sid, mirror in list(store.mirrors.items()):
+                if (mirror.readers == 0 and now - mirror.idle_since > store.linger
+                        and (not mirror.local or mirror.log.ended)):
+                    del store.mirrors[sid]
+
+
+def _close_quietly(pubsub: Any) -> None:
+    with suppress(Exception):  # closing a connection that already failed
+        pubsub.close()
