@@ -39,16 +39,14 @@ class Cors:
         app.after_request(self._mark)
 
     def _preflight(self) -> Response | None:
-        if request.method != "OPTIONS":
+        if not _is_preflight():
             return None
         origin = request.headers.get("Origin")
-        method = request.headers.get("Access-Control-Request-Method")
-        if origin not in self.origins or not method:
+        rule = _match(request.headers["Access-Control-Request-Method"])
+        if origin not in self.origins or rule is None or not _ours(rule):
             return None  # not a preflight we answer: the app's own answer stands
-        rule = _match(method)
-        if rule is None or not _ours(rule):
-            return None
         response = Response(status=204)
+        del response.headers["Content-Type"]
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = ", ".join(
             sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}))
@@ -61,7 +59,10 @@ class Cors:
 
     def _mark(self, response: Response) -> Response:
         rule = request.url_rule
-        if rule is None or not _ours(rule) or "Access-Control-Allow-Origin" in response.headers:
+        if (rule is None or not _ours(rule) or _is_preflight()
+                or "Access-Control-Allow-Origin" in response.headers):
+            # A preflight we did not answer (a method the path does not take) gets nothing:
+            # half a CORS answer would only make the browser's error message misleading.
             return response
         # The answer depends on Origin for every request to these routes: shared caches
         # must not hand one origin's answer to another.
@@ -71,6 +72,10 @@ class Cors:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response
+
+
+def _is_preflight() -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
 
 
 def _match(method: str) -> Rule | None:
