@@ -18,7 +18,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .errors import ApiError
 from .manager import Following, StreamManager, owner_tag
-from .response import DisconnectWatcher, iter_events
+from .response import ClientSocket, iter_events
 from .stores import StreamMeta, UnknownStreamError
 from .validation import parse_json, parse_last_event_id
 
@@ -176,10 +176,11 @@ def stream_response(m: StreamManager, stream_id: str, cursor: int, following: Fo
                     headers: Mapping[str, str] | None = None) -> Response:
     """The SSE response of one client: events from `cursor`, heartbeats, `[DONE]`."""
     try:
-        watcher = DisconnectWatcher(request.environ, lambda: m.store.wake(stream_id))
+        client = ClientSocket(request.environ, lambda: m.store.wake(stream_id),
+                              m.settings.SEND_TIMEOUT)
         body = iter_events(m.store, stream_id, cursor, m.settings.HEARTBEAT_INTERVAL,
-                           gone=lambda: watcher.gone)
-        closers: list[Callable[[], None]] = [watcher.close, following.release]
+                           gone=lambda: client.gone)
+        closers: list[Callable[[], None]] = [client.close, following.release]
         response = Response(ClosingIterator(body, closers), status=200,
                             content_type="text/event-stream; charset=utf-8")
     except BaseException:

@@ -7,6 +7,7 @@ comment whenever nothing was written for HEARTBEAT_INTERVAL, and `[DONE]` after 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -71,32 +72,47 @@ def _pieces(events: list[bytes], tail: bytes) -> Iterator[bytes]:
     yield b"".join(events[start:]) + tail
 
 
-class DisconnectWatcher:
-    """Notices a client's disconnect while its stream is quiet, under gevent.
+class ClientSocket:
+    """The client's connection while it follows a stream: notices a departure at once, bounds
+    a stuck write, and drops a half-open connection.
 
     Under WSGI a disconnect shows only when a write fails, and the first write after it may
-    still succeed. Waiting for the client socket to turn readable and peeking finds the FIN at
-    once, at no cost until it comes. Without gevent (a threaded server) this does nothing and
-    heartbeats bound the delay.
+    still succeed. Under gevent, a read watcher on the client socket (a libev watcher: no
+    greenlet, no stack, nothing runs until the socket turns readable) finds the FIN at once.
+    A client that stops reading fills its socket: the socket's timeout makes each write give
+    up after SEND_TIMEOUT (writes are bounded in size, so that is the time without progress).
+    A peer that vanished without a FIN would take each small write for many minutes:
+    TCP_USER_TIMEOUT and keepalive probes end the connection within about SEND_TIMEOUT.
+    Without gevent (a threaded server) only the timeouts apply, and heartbeats bound the
+    delay before a departure is noticed.
     """
 
-    def __init__(self, environ: dict[str, Any], on_gone: Callable[[], None]) -> None:
+    def __init__(self, environ: dict[str, Any], on_gone: Callable[[], None],
+                 send_timeout: float) -> None:
         self.gone = False
         self._on_gone = on_gone
-        self._greenlet: Any = None
-        sock = environ.get("gunicorn.socket")
-        if sock is None or not gevent_active():
+        self._watcher: Any = None
+        self._sock: Any = environ.get("gunicorn.socket")
+        if self._sock is None:
             return
+        _tune(self._sock, send_timeout)
+        if gevent_active():
+            import gevent
+
+            self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)  # 1: readable
+            self._watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        # In the hub: stop watching, and look at what came in a greenlet of its own (a read
+        # must not block the hub).
+        self._stop()
         import gevent
 
-        self._greenlet = gevent.spawn(self._watch, sock)
+        gevent.spawn(self._check)
 
-    def _watch(self, sock: Any) -> None:
-        from gevent.socket import wait_read
-
+    def _check(self) -> None:
         try:
-            wait_read(sock.fileno())
-            data = sock.recv(1, socket.MSG_PEEK)
+            data = self._sock.recv(1, socket.MSG_PEEK)
         except OSError:
             data = b""
         if data:
@@ -105,8 +121,28 @@ class DisconnectWatcher:
         self.gone = True
         self._on_gone()
 
-    def close(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
+    def _stop(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
 
+    def close(self) -> None:
+        self._stop()
+        if self._sock is not None:
+            # The connection may serve another request: the server's own timeouts apply again.
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(None)
+
+
+def _tune(sock: Any, send_timeout: float) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        sock.settimeout(send_timeout)
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle = max(1, int(send_timeout / 2))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout * 1000))
