@@ -3,6 +3,7 @@ or as a three-node Redis Cluster built with `redis-cli --cluster create`."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too; both at most 65535."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for a cluster node")
 
 
 class RedisServer:
@@ -76,7 +92,7 @@ class RedisCluster:
     """Three masters, no replicas, on free ports."""
 
     def __init__(self) -> None:
-        self.nodes = [RedisServer(None, "--cluster-enabled", "yes",
+        self.nodes = [RedisServer(_free_cluster_port(), "--cluster-enabled", "yes",
                                   "--cluster-config-file", "nodes.conf",
                                   "--cluster-node-timeout", "2000") for _ in range(3)]
         try:

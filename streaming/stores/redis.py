@@ -11,7 +11,6 @@ raises `errors.StoreUnavailableError` (never a `redis` exception).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
@@ -30,7 +29,7 @@ from ..green import spawn
 from ..settings import Settings
 from . import redis_scripts as lua
 from .base import Counter, IndexKey, Producer, StreamClosedError, StreamMeta, UnknownStreamError
-from .redis_follow import FollowLoop, Mirror, events_of
+from .redis_follow import FollowLoop, Mirror
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,6 @@ T = TypeVar("T")
 # Worth another attempt within the retry window: the server is away, busy or failing over.
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError,
               redis.ReadOnlyError)
-
-_META_FIELDS = ("model", "format", "resume_token", "w", "created", "options")
 
 
 class RedisStore:
@@ -94,12 +91,7 @@ class RedisStore:
     def create(self, meta: StreamMeta, events: list[bytes]) -> None:
         if time.monotonic() - self.lease_renewed > self.lease / 2:
             self.renew_lease()  # a stream must not start under a lapsed lease
-        fields: list[Any] = [
-            "model", meta.model, "format", meta.format, "resume_token", meta.resume_token,
-            "w", meta.worker, "created", repr(meta.created), "options", json.dumps(meta.options),
-        ]
-        if meta.owner is not None:
-            fields += ["owner", meta.owner]
+        fields = lua.meta_fields(meta)
         meta_key, log_key, _ = self.keys.stream(meta.stream_id)
         ok = self.call(lambda retried: self._scripts["CREATE"](
             keys=[meta_key, log_key], args=[self._running_ttl_ms, int(retried), meta.resume_token,
@@ -140,7 +132,7 @@ class RedisStore:
                 self.mirrors.pop(stream_id, None)
             mirror = None
         if mirror is None:
-            mirror_or_answer = self._open(stream_id, cursor)
+            mirror_or_answer = self._follow.open(stream_id, cursor)
             if isinstance(mirror_or_answer, tuple):
                 return mirror_or_answer
             mirror = mirror_or_answer
@@ -168,7 +160,10 @@ class RedisStore:
         if mirror is not None and not mirror.expired():
             return mirror.meta
         m, _, _ = self.keys.stream(stream_id)
-        return self._meta(stream_id, self.call(lambda _: self.client.hgetall(m)))
+        found = lua.meta_from(stream_id, self.call(lambda _: self.client.hgetall(m)))
+        if found is None:
+            raise UnknownStreamError(stream_id)
+        return found
 
     def wake(self, stream_id: str) -> None:
         mirror = self.mirrors.get(stream_id)
@@ -207,18 +202,35 @@ class RedisStore:
 
     def acquire(self, counter: Counter, limit: int) -> bool:
         key = self._counter_key(counter)
-        live = self._live()
-        return bool(self.call(lambda _: self._scripts["ACQUIRE"](
-            keys=[key], args=[limit, self.worker_id, self._running_ttl_ms, *live])))
+        if not self.lease_fresh():
+            self.renew_lease()  # counted only under a lease, so others never prune it
+
+        def run(prune: bool) -> int:
+            return int(self.call(lambda _: self._scripts["ACQUIRE"](
+                keys=[key], args=[limit, self.worker_id, self._running_ttl_ms, int(prune),
+                                  *self._live()])))
+
+        result = run(False)
+        if result == -1:  # a worker this one has not seen yet, or a dead one
+            self.renew_lease()
+            result = run(True)
+        return result == 1
 
     def release(self, counter: Counter) -> None:
         key = self._counter_key(counter)
         keys = [key]
         if counter[0] == "followers":
             keys.append(self.keys.stream(counter[1])[0])
-        live = self._live()
-        result = self.call(lambda _: self._scripts["RELEASE"](
-            keys=keys, args=[self.worker_id, self.keys.control(""), counter[1], *live]))
+
+        def run(decrement: bool, prune: bool) -> list[Any]:
+            return list(self.call(lambda retried: self._scripts["RELEASE"](
+                keys=keys, args=[self.worker_id, self.keys.control(""), counter[1],
+                                 int(decrement and not retried), int(prune), *self._live()])))
+
+        result = run(True, False)
+        if result[0] == -1:
+            self.renew_lease()
+            result = run(False, True)
         if len(result) > 1:  # the last follower left a running stream: tell its producer
             producer = self.producers.get(counter[1])
             if producer is not None:
@@ -226,9 +238,12 @@ class RedisStore:
 
     def count(self, counter: Counter) -> int:
         key = self._counter_key(counter)
-        counts = self.call(lambda _: self.client.hgetall(key))
+        counts = {w.decode(): int(n) for w, n in self.call(lambda _: self.client.hgetall(key))
+                  .items()}
+        if not counts.keys() <= self.live:
+            self.renew_lease()
         live = self._live()
-        return sum(int(n) for w, n in counts.items() if w.decode() in live and int(n) > 0)
+        return sum(n for w, n in counts.items() if w in live and n > 0)
 
     # -- indexes ------------------------------------------------------------------------
 
@@ -349,35 +364,3 @@ class RedisStore:
         if kind == "followers":
             return self.keys.stream(name)[2]
         return self.keys.counter(kind, name)
-
-    def _open(self, stream_id: str, cursor: int) -> Mirror | tuple[list[bytes], bool]:
-        """Read a stream this worker holds no mirror of: an ended one at once, a running one
-        into a new mirror that the follow loop keeps current."""
-        meta_key, log_key, _ = self.keys.stream(stream_id)
-
-        def build(pipe: Any) -> None:
-            pipe.hgetall(meta_key)
-            pipe.xrange(log_key, "-", "+")
-
-        fields, entries = self.pipeline(build)
-        meta = self._meta(stream_id, fields)
-        events = events_of(entries, 0)
-        if fields.get(b"state") == b"ended" and len(events) == int(fields[b"n"]):
-            return events[cursor:], True
-        mirror = Mirror(meta, local=False)
-        mirror.log.events.extend(events)
-        with self.lock:
-            mirror = self.mirrors.setdefault(stream_id, mirror)
-        self._follow.follow(stream_id)
-        return mirror
-
-    def _meta(self, stream_id: str, fields: dict[bytes, bytes]) -> StreamMeta:
-        if not fields or b"model" not in fields:
-            raise UnknownStreamError(stream_id)
-        get = {k: fields[k.encode()].decode() for k in _META_FIELDS}
-        owner = fields.get(b"owner")
-        return StreamMeta(
-            stream_id=stream_id, owner=None if owner is None else owner.decode(),
-            model=get["model"], format=get["format"], resume_token=get["resume_token"],
-            worker=get["w"], created=float(get["created"]), options=json.loads(get["options"]))
-

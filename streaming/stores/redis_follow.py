@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from .. import formats
 from ..events import PRODUCER_LOST, STORE_UNAVAILABLE, Failed
 from ..green import spawn
-from .base import StreamClosedError, StreamMeta
+from .base import StreamClosedError, StreamMeta, UnknownStreamError
 from .memory import Log
+from .redis_scripts import meta_from
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -49,6 +50,8 @@ class Mirror:
         skip = len(self.log.events) - first
         if skip < 0 or self.log.ended:
             return False
+        if skip >= len(events) and ended_ttl is None:
+            return True  # nothing new: its readers sleep on
         self.log.events.extend(events[skip:])
         if ended_ttl is not None:
             self.log.expires_at = time.monotonic() + ended_ttl
@@ -89,9 +92,29 @@ class FollowLoop:
         self._control = store.keys.control(store.worker_id).encode()
         self.runner = spawn(self._run, "redis-follow")
 
-    def follow(self, stream_id: str) -> None:
-        """A new mirror of a stream produced elsewhere: subscribe and catch up."""
-        self._due.add(stream_id)
+    def open(self, stream_id: str, cursor: int) -> Mirror | tuple[list[bytes], bool]:
+        """Read a stream this worker holds no mirror of: an ended one at once (the answer), a
+        running one into a new mirror that this loop keeps current."""
+        store = self.store
+        meta_key, log_key, _ = store.keys.stream(stream_id)
+
+        def build(pipe: Any) -> None:
+            pipe.hgetall(meta_key)
+            pipe.xrange(log_key, "-", "+")
+
+        fields, entries = store.pipeline(build)
+        meta = meta_from(stream_id, fields)
+        if meta is None:
+            raise UnknownStreamError(stream_id)
+        events = events_of(entries, 0)
+        if fields.get(b"state") == b"ended" and len(events) == int(fields[b"n"]):
+            return events[cursor:], True
+        mirror = Mirror(meta, local=False)
+        mirror.log.events.extend(events)
+        with store.lock:
+            mirror = store.mirrors.setdefault(stream_id, mirror)
+        self._due.add(stream_id)  # subscribe, and read what came meanwhile
+        return mirror
 
     # -- the loop -----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The Redis store's key layout and Lua scripts: plain strings, no I/O, no `redis` import.
+"""The Redis store's layout: key names, the metadata's fields and the Lua scripts. No I/O, no
+`redis` import.
 
 Every key is under `<REDIS_PREFIX>v1:` (the schema version: a rolling deploy never misreads
 another version's keys). All keys of one stream share the hash tag `{<stream_id>}`, so each
@@ -17,7 +18,11 @@ script below touches one Cluster slot only:
 
 from __future__ import annotations
 
+import json
+from typing import Any
 from urllib.parse import quote
+
+from .base import StreamMeta
 
 
 class Keys:
@@ -45,6 +50,30 @@ class Keys:
 
     def control(self, worker_id: str) -> str:
         return f"{self.base}w:{worker_id}"
+
+
+def meta_fields(meta: StreamMeta) -> list[Any]:
+    """The meta hash's fields and values, flat (`state` and `n` are the scripts')."""
+    fields: list[Any] = [
+        "model", meta.model, "format", meta.format, "resume_token", meta.resume_token,
+        "w", meta.worker, "created", repr(meta.created), "options", json.dumps(meta.options),
+    ]
+    if meta.owner is not None:  # no field for no owner
+        fields += ["owner", meta.owner]
+    return fields
+
+
+def meta_from(stream_id: str, fields: dict[bytes, bytes]) -> StreamMeta | None:
+    """The metadata in a meta hash as HGETALL answers it; None if there is none."""
+    if b"model" not in fields:
+        return None
+    get = {k: fields[k.encode()].decode() for k in
+           ("model", "format", "resume_token", "w", "created", "options")}
+    owner = fields.get(b"owner")
+    return StreamMeta(
+        stream_id=stream_id, owner=None if owner is None else owner.decode(),
+        model=get["model"], format=get["format"], resume_token=get["resume_token"],
+        worker=get["w"], created=float(get["created"]), options=json.loads(get["options"]))
 
 
 # KEYS: meta, log. ARGV: ttl_ms, retried (0|1), resume_token, nfields, fields..., events...
@@ -115,7 +144,10 @@ redis.call('PUBLISH', ARGV[1] .. st[2], 'cancel ' .. ARGV[2])
 return st[2]
 """
 
-# Sum of the live workers' fields (dead workers' fields are dropped). Used by both scripts.
+# Sum of the live workers' fields. A field of a worker missing from the caller's view of the
+# leases is either dead or newer than that view: with PRUNE set (the caller has just renewed
+# its view, and a worker leases before it counts) it is dropped, else the script answers
+# `UNSURE` and changes nothing, for the caller to renew its view and call again.
 _LIVE_SUM = """
 local live = {}
 for i = FIRST_LIVE, #ARGV do live[ARGV[i]] = true end
@@ -123,12 +155,15 @@ local total = 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if live[all[i]] then total = total + tonumber(all[i + 1])
-  else redis.call('HDEL', KEYS[1], all[i]) end
+  elseif ARGV[PRUNE] == '1' then redis.call('HDEL', KEYS[1], all[i])
+  else return UNSURE end
 end
 """
 
-# KEYS: counter. ARGV: limit, me, ttl_ms, live workers... Returns 1 if counted, else 0.
-ACQUIRE = _LIVE_SUM.replace("FIRST_LIVE", "4") + """
+# KEYS: counter. ARGV: limit, me, ttl_ms, prune, live workers...
+# Returns 1 if counted, 0 if full, -1 if unsure.
+ACQUIRE = _LIVE_SUM.replace("FIRST_LIVE", "5").replace("PRUNE", "4").replace(
+    "UNSURE", "-1") + """
 if total >= tonumber(ARGV[1]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -136,11 +171,14 @@ return 1
 """
 
 # KEYS: counter [, meta of the stream when it counts followers]. ARGV: me, control channel
-# prefix, stream id, live workers... Returns {live total, producer's worker when it was told}.
+# prefix, stream id, count one less (0|1), prune, live workers...
+# Returns {live total} or {0, producer's worker} when it was told; {-1} if unsure.
 RELEASE = """
-if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-if #KEYS < 2 then return {-1} end
-""" + _LIVE_SUM.replace("FIRST_LIVE", "4") + """
+if ARGV[4] == '1' and redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+if #KEYS < 2 then return {0} end
+""" + _LIVE_SUM.replace("FIRST_LIVE", "6").replace("PRUNE", "5").replace("UNSURE", "{-1}") + """
 if total > 0 then return {total} end
 local st = redis.call('HMGET', KEYS[2], 'state', 'w')
 if st[1] ~= 'running' then return {0} end

@@ -1,0 +1,268 @@
+"""What only the Redis store does: TTLs and key layout, several workers on one Redis (pub/sub
+wake-ups, cancel, presence, leases and lost producers), Redis faults, and a Redis Cluster."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+from redisfix import RedisCluster, RedisServer
+
+from streaming.errors import StoreUnavailableError
+from streaming.settings import Settings
+from streaming.stores import StreamClosedError, StreamMeta, redis_follow
+from streaming.stores.redis import RedisStore
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.presence = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def presence_changed(self) -> None:
+        self.presence.set()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(4)}:"
+
+
+@pytest.fixture
+def workers(redis_server: RedisServer, prefix: str) -> Iterator[Callable[..., RedisStore]]:
+    """Start RedisStores ("workers") sharing one Redis and one prefix; closed after the test."""
+    started: list[RedisStore] = []
+
+    def start(url: str | None = None, **kwargs: Any) -> RedisStore:
+        settings = Settings(REDIS_URL=url or redis_server.url, REDIS_PREFIX=prefix,
+                            REDIS_CLUSTER=kwargs.pop("cluster", False),
+                            STREAM_TTL=kwargs.pop("ttl", 60), STREAM_TIMEOUT=120)
+        store = RedisStore(settings, **kwargs)
+        started.append(store)
+        return store
+
+    yield start
+    for store in started:
+        store.close()
+
+
+def meta(store: RedisStore, stream_id: str = "s") -> StreamMeta:
+    return StreamMeta(stream_id=stream_id, owner="owner", model="m", format="native",
+                      resume_token="tok", worker=store.worker_id, created=1.5e9, options={})
+
+
+def client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5)
+
+
+def read_until(store: RedisStore, stream_id: str, cursor: int, done: Callable[[list[bytes]], bool],
+               timeout: float = 10) -> list[bytes]:
+    """Read from `cursor` until `done(events)`, within `timeout` seconds."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while not done(got) and time.monotonic() < deadline:
+        events, ended = store.read(stream_id, cursor + len(got), deadline - time.monotonic())
+        got += events
+        if ended:
+            break
+    return got
+
+
+def test_every_key_has_a_ttl_and_the_layout_is_versioned(
+        workers: Callable[..., RedisStore], redis_server: RedisServer, prefix: str) -> None:
+    a = workers()
+    a.create(meta(a), [b"e0"])
+    a.append("s", 1, [b"e1"])
+    assert a.acquire(("followers", "s"), 5)
+    assert a.acquire(("connections", "owner"), 5)
+    assert a.acquire(("streams", "owner"), 5)
+    assert a.index_add(("idempotency", "owner", "k:{x}"), "s") is None
+    assert a.index_swap(("chat", None, "c1"), "s") is None
+    r = client(redis_server.url)
+
+    def ttls() -> dict[bytes, int]:
+        return {key: r.pttl(key) for key in r.scan_iter(match=f"{prefix}*")}
+
+    running = ttls()
+    assert all(ttl > 0 for ttl in running.values()), running
+    workers_key = f"{prefix}v1:workers".encode()  # renewed by every live worker
+    assert all(ttl > 120_000 for k, ttl in running.items() if k != workers_key), running
+    stream_keys = [k for k in running if b"{s}" in k]
+    assert sorted(stream_keys) == sorted(f"{prefix}v1:{{s}}:{x}".encode() for x in "mlf")
+    assert len({key_slot(k) for k in stream_keys}) == 1  # one Cluster slot per stream
+    assert all(k.startswith(f"{prefix}v1:".encode()) for k in running)
+    assert workers_key in running
+    a.append("s", 2, [b"end"], end=True)
+    ended = ttls()
+    assert all(0 < ended[k] <= 60_000 for k in stream_keys), ended
+    assert all(ttl > 0 for ttl in ended.values()), ended
+    # The log holds one Redis Stream entry per event, with the seq as its id.
+    entries = r.xrange(f"{prefix}v1:{{s}}:l")
+    assert [(i, f[b"e"]) for i, f in entries] == [(b"0-1", b"e0"), (b"1-1", b"e1"),
+                                                   (b"2-1", b"end")]
+
+
+def test_another_worker_resumes_follows_and_is_woken_by_pubsub(
+        workers: Callable[..., RedisStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    # No polling for lost notifications: only pub/sub can wake B's reader.
+    monkeypatch.setattr(redis_follow, "POLL", 60.0)
+    a, b = workers(), workers()
+    a.create(meta(a), [b"e0", b"e1"])
+    assert b.meta("s") == meta(a)
+    assert b.read("s", 1, 0) == ([b"e1"], False)  # resume from a cursor
+    got: list[tuple[list[bytes], bool]] = []
+    waiting = threading.Event()
+
+    def reader() -> None:
+        waiting.set()
+        got.append(b.read("s", 2, 30))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert waiting.wait(5)
+    time.sleep(0.3)  # let the reader block (nothing observable to wait on)
+    started = time.monotonic()
+    a.append("s", 2, [b"e2"])
+    t.join(10)
+    assert got == [([b"e2"], False)]
+    assert time.monotonic() - started < 1.0
+    a.append("s", 3, [b"end"], end=True)
+    assert read_until(b, "s", 3, lambda e: bool(e)) == [b"end"]
+    assert b.status("s") == (4, True)
+
+
+def test_cancel_and_presence_reach_the_producers_worker(
+        workers: Callable[..., RedisStore]) -> None:
+    a, b = workers(), workers()
+    a.create(meta(a), [b"e0"])
+    producer = Producer()
+    a.register("s", producer)
+    time.sleep(0.3)  # A's follow loop subscribes to its control channel at start
+    started = time.monotonic()
+    b.cancel("s")
+    assert producer.cancelled.wait(5)
+    assert time.monotonic() - started < 1.0
+    # Followers count on every worker; the last one leaving, anywhere, tells the producer.
+    assert a.acquire(("followers", "s"), 3)
+    assert b.acquire(("followers", "s"), 3)
+    assert b.acquire(("followers", "s"), 3)
+    assert not a.acquire(("followers", "s"), 3)
+    assert a.count(("followers", "s")) == b.count(("followers", "s")) == 3
+    a.release(("followers", "s"))
+    b.release(("followers", "s"))
+    assert not producer.presence.is_set()
+    b.release(("followers", "s"))
+    assert producer.presence.wait(5)
+    assert a.count(("followers", "s")) == 0
+
+
+def test_a_cancel_flag_reaches_a_producer_that_missed_the_message(
+        workers: Callable[..., RedisStore]) -> None:
+    a, b = workers(), workers()
+    a.create(meta(a), [b"e0"])
+    producer = Producer()
+    b.cancel("s")  # before A registered it: the message finds no producer
+    a.register("s", producer)
+    assert not producer.cancelled.is_set()
+    a.append("s", 1, [b"e1"])  # accepted, and tells the producer
+    assert producer.cancelled.is_set()
+    assert b.read("s", 0, 0) == ([b"e0", b"e1"], False)
+
+
+@pytest.mark.parametrize("how", ["closed", "lease lapsed"])
+def test_a_lost_producer_is_ended_once_for_every_follower(
+        workers: Callable[..., RedisStore], redis_server: RedisServer, prefix: str,
+        how: str) -> None:
+    a = workers(lease=1.0)
+    b, c = workers(), workers()
+    a.create(meta(a), [b"e0"])
+    a.append("s", 1, [b"e1"])
+    results: dict[str, list[bytes]] = {}
+
+    def follow(name: str, store: RedisStore) -> None:
+        results[name] = read_until(store, "s", 0, lambda e: False, timeout=15)
+
+    threads = [threading.Thread(target=follow, args=(n, s)) for n, s in (("b", b), ("c", c))]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # both follow the running stream
+    started = time.monotonic()
+    if how == "closed":
+        a.close()
+    else:
+        a.closed.set()  # its loops stop and its lease lapses, as when the worker is killed
+    for t in threads:
+        t.join(20)
+    assert time.monotonic() - started < 10
+    for events in results.values():
+        assert events[:2] == [b"e0", b"e1"]
+        assert len(events) == 3
+        last = events[2].decode()
+        assert last.startswith("id: 2\n")
+        assert json.loads(last.split("data: ", 1)[1])["code"] == "producer_lost"
+    assert results["b"] == results["c"]
+    # Written once: one terminal entry, and the producer cannot write after it.
+    assert client(redis_server.url).xlen(f"{prefix}v1:{{s}}:l") == 3
+    with pytest.raises(StreamClosedError):
+        a.append("s", 2, [b"late"])
+
+
+def test_redis_lost_then_back(workers: Callable[..., RedisStore],
+                              redis_crashable: RedisServer) -> None:
+    a = workers(redis_crashable.url)
+    b = workers(redis_crashable.url)
+    a.create(meta(a), [b"e0"])
+    assert b.ping()
+    got: list[list[bytes]] = []
+    t = threading.Thread(target=lambda: got.append(
+        read_until(b, "s", 0, lambda e: False, timeout=20)))
+    t.start()
+    time.sleep(0.5)
+    redis_crashable.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError):
+        a.append("s", 1, [b"e1"])
+    assert time.monotonic() - started < 3.5
+    assert not a.ping()
+    # B's reader of A's stream learns why, through B's own mirror.
+    t.join(15)
+    assert got and got[0][0] == b"e0" and len(got[0]) == 2
+    assert b'"code":"store_unavailable"' in got[0][1]
+    assert time.monotonic() - started < 10
+    redis_crashable.start()  # same port, empty
+    assert a.ping()
+    a.create(meta(a, "s2"), [b"x0"])  # no restart needed
+    a.append("s2", 1, [b"x1"], end=True)
+    assert b.read("s2", 0, 0) == ([b"x0", b"x1"], True)
+
+
+def test_cluster_create_on_one_worker_read_and_cancel_from_another(
+        workers: Callable[..., RedisStore], redis_cluster: RedisCluster) -> None:
+    a = workers(redis_cluster.url, cluster=True)
+    b = workers(redis_cluster.nodes[2].url, cluster=True)
+    producers = {}
+    for sid in ("s1", "s2", "s3"):  # ids on different slots
+        a.create(meta(a, sid), [b"e0"])
+        producers[sid] = Producer()
+        a.register(sid, producers[sid])
+        assert b.read(sid, 0, 0) == ([b"e0"], False)
+        assert b.acquire(("followers", sid), 2)
+    time.sleep(0.3)  # B's follow loop subscribes
+    a.append("s2", 1, [b"e1"])
+    assert read_until(b, "s2", 1, lambda e: bool(e), timeout=5) == [b"e1"]
+    b.cancel("s3")
+    assert producers["s3"].cancelled.wait(5)
+    b.release(("followers", "s1"))
+    assert producers["s1"].presence.wait(5)
+    a.append("s1", 1, [b"end"], end=True)
+    assert read_until(b, "s1", 0, lambda e: len(e) == 2) == [b"e0", b"end"]
