@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import Service, openai_env, sim_prompt
+from sseclient import collect, request, start, text_of
 
 from streaming.errors import ApiError
 from streaming.settings import Settings
@@ -311,3 +315,50 @@ def test_check_max_tokens_names_the_callers_field() -> None:
     check_max_tokens(10**6, Settings())
     error = refusal(check_max_tokens, 11, settings, field="max_completion_tokens")
     assert (error.status, error.message) == (422, "max_completion_tokens: at most 10")
+
+
+# --- The same limits over the wire: refused before the upstream is asked.
+
+
+@pytest.fixture(scope="module")
+def limited(upstream: Any) -> Iterator[Service]:
+    service = Service(openai_env(upstream, MAX_MESSAGES=3, MAX_OUTPUT_TOKENS=100,
+                                 IMAGE_URL_SCHEMES="https"))
+    yield service
+    service.stop()
+
+
+def http_image(url: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        pytest.param(json.dumps({"messages": sim_prompt(tokens=["x"]) * 4}).encode(),
+                     "messages: at most 3", id="too-many-messages"),
+        pytest.param(json.dumps({"messages": sim_prompt(tokens=["x"]), "max_tokens": 101}).encode(),
+                     "max_tokens: at most 100", id="max-tokens"),
+        pytest.param(json.dumps({"messages": http_image("http://169.254.169.254/")}).encode(),
+                     "messages.0.content.0.image_url.url", id="image-http"),
+        pytest.param(json.dumps({"messages": http_image("data:image/png;base64,AA")}).encode(),
+                     "messages.0.content.0.image_url.url", id="image-data-not-listed"),
+        pytest.param(b'{"messages":' + nest(40) + b"}", "deeper than 32", id="deep-json"),
+        pytest.param(b'{"messages":' + nest(5000) + b"}", "deeper than 32", id="very-deep-json"),
+    ],
+)
+def test_limits_over_the_wire(limited: Service, sim: Any, body: bytes, names: str) -> None:
+    status, _, answer = request(limited.url, "POST", "/api/chat/stream", body=body)
+    assert status == 422
+    error = json.loads(answer)["error"]
+    assert error["type"] == "invalid_request" and names in error["message"]
+    assert sim.requests == []
+
+
+def test_within_the_limits_over_the_wire(limited: Service, sim: Any) -> None:
+    messages = sim_prompt(tokens=["fine"]) * 3
+    messages[0] = {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://img.example/a.png"}}]}
+    events = collect(start(limited.url, {"messages": messages, "max_tokens": 100}))
+    assert text_of(events) == "fine"
+    assert len(sim.requests) == 1
