@@ -88,7 +88,15 @@ class ChatPage {
     } catch (err) {
       result = { kind: "failed", type: "internal", message: String(err) };
     }
-    reply.end(result, stream.terminal);
+    try {
+      reply.end(result, stream.terminal);
+    } catch (err) {
+      console.error("could not finish the reply", err);
+      reply.el.dataset.state = "error"; // a bug here must not keep the page busy
+    } finally {
+      this.current = null;
+      this.updateButtons();
+    }
     if (reply.text) {
       this.history.push({ role: "assistant", content: reply.text });
     } else if (result.kind === "failed" && result.status !== undefined) {
@@ -98,8 +106,6 @@ class ChatPage {
       if (!this.prompt.value) this.prompt.value = text;
       if (result.status === 401 && this.apiKey) this.apiKey.focus();
     }
-    this.current = null;
-    this.updateButtons();
   }
 
   requestStop() {

@@ -38,7 +38,8 @@ export class ChatStream {
   }
 
   /**
-   * Run to the end. Resolves to {kind: "finished"} (the stream ended: see `terminal`),
+   * Run to the end. Resolves to {kind: "finished"} (the stream ended: see `terminal`; with
+   * `complete: true` when a resume was answered 204, the terminal event may not have been seen),
    * {kind: "stopped"} (Stop, and the stream did not end by itself in time) or
    * {kind: "failed", status?, type, message} (refused, or the connection could not be resumed).
    */
@@ -104,6 +105,8 @@ export class ChatStream {
           if (this._stopRequested) return { kind: "stopped" };
           continue;
         }
+        // 204: the stream has ended and this client has every event (PROTOCOL.md, "Resuming").
+        if (response.status === 204) return { kind: "finished", complete: true };
         if (response.ok) break;
         const error = await errorOf(response);
         if (response.status === 404) {
@@ -118,6 +121,7 @@ export class ChatStream {
 
   // Read one response to its end: "finished", "stopped", or "dropped" (ended or broke too soon).
   async _read(response) {
+    if (!response.body) return this.terminal ? "finished" : "dropped";
     const reader = response.body.getReader();
     const parser = new SSEParser();
     const controller = this._controller;
@@ -155,7 +159,8 @@ export class ChatStream {
     return this.terminal ? "finished" : "dropped";
   }
 
-  // Apply one SSE event; true when the stream is over ([DONE]).
+  // Apply one SSE event; true when the stream is over (its terminal event, or [DONE]): nothing
+  // else is read, so a connection lost between the terminal event and [DONE] costs nothing.
   _apply(item) {
     if (item.data === "[DONE]") return true;
     let event;
@@ -180,7 +185,7 @@ export class ChatStream {
       // A rendering bug must not pass for a dropped connection: the event stays applied.
       console.error("could not show an event", error);
     }
-    return false;
+    return this.terminal !== null;
   }
 
   // The service answers with its first bytes at once: a response whose headers take longer

@@ -40,6 +40,8 @@ export class Reply {
     this.stats = el("span", "stats", meta);
     this.markdown = new MarkdownStream(this.content);
     this.markdown.onRender = onRender;
+    this.markdown.onError = (error) => this.broke(error);
+    this.renderError = null; // a rendering failure: the reply then ends in error, its text shown plain
     this.onChange = onRender; // after changes outside the Markdown, too
     this.setState("streaming", "waiting for the first token…");
   }
@@ -65,6 +67,19 @@ export class Reply {
   }
 
   onEvent(event) {
+    try {
+      this.applyEvent(event);
+    } catch (error) {
+      this.markdown.fail(error); // whatever broke, the text stays readable, as plain text
+      this.broke(error);
+    }
+  }
+
+  broke(error) {
+    if (!this.renderError) this.renderError = error;
+  }
+
+  applyEvent(event) {
     switch (event.type) {
       case "start":
         if (event.model) this.el.dataset.model = String(event.model);
@@ -115,7 +130,20 @@ export class Reply {
   end(result, terminal) {
     this.markdown.finish();
     this.el.removeAttribute("aria-busy");
-    if (result.kind === "finished" && terminal && terminal.type === "done") {
+    this.settle(result, terminal);
+    if (this.renderError) {
+      const failed = this.el.dataset.state === "error" ? `${this.error.textContent}; ` : "";
+      this.fail(`${failed}the reply could not be formatted, so it is shown as plain text (${this.renderError})`);
+    }
+  }
+
+  settle(result, terminal) {
+    if (result.kind === "finished" && !terminal && result.complete) {
+      // The service said the stream had ended and nothing was missing (204 on resume), but its
+      // terminal event never came through: what was received is the whole reply.
+      this.setState("done", "done");
+      this.updateStats(true);
+    } else if (result.kind === "finished" && terminal && terminal.type === "done") {
       const reason = terminal.finish_reason;
       this.el.dataset.finishReason = String(reason);
       if (reason === "cancelled") this.setState("stopped", "stopped");

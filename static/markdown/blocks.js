@@ -8,7 +8,12 @@
 // separate blocks (type "item"); renderers group neighbouring compatible items into one list,
 // which lets the streaming renderer freeze a long list item by item.
 
+import { meter } from "./meter.js";
+
 const MAX_DEPTH = 16; // hostile nesting (">>>>>>..." or deep lists) ends as plain text
+// A short row still gets a cell per column: without a cap, a header of thousands of columns
+// followed by rows of "|\n" would make thousands of cells per character of model text.
+const MAX_COLUMNS = 64;
 
 const FENCE_OPEN = /^( {0,3})(`{3,}|~{3,})(.*)$/;
 const ATX = /^ {0,3}(#{1,6})(?=[ \t]|$)(.*)$/;
@@ -127,7 +132,8 @@ function isTableStart(lines, i) {
   if (i + 1 >= lines.length || !lines[i].includes("|")) return false;
   const delim = lines[i + 1];
   if (!delim.includes("|") || !TABLE_DELIM.test(delim.trimEnd())) return false;
-  return splitCells(lines[i]).length === splitCells(delim).length;
+  const count = splitCells(lines[i]).length;
+  return count <= MAX_COLUMNS && count === splitCells(delim).length;
 }
 
 /** Does this line start a block that ends a paragraph (CommonMark "interrupt")? */
@@ -141,6 +147,7 @@ export function interrupts(line) {
 export function parseBlocks(lines, depth = 0) {
   const blocks = [];
   let i = 0;
+  for (const line of lines) meter.chars += line.length + 1;
   while (i < lines.length) {
     const line = lines[i];
     if (isBlank(line)) {

@@ -1,8 +1,31 @@
 // CommonMark's delimiter-run algorithm ("process emphasis") over the inline parser's doubly
 // linked list of nodes: a matched pair of * _ or ~ runs wraps the nodes between them in place.
+//
+// The delimiter stack is a doubly linked list too (dprev/dnext, below a sentinel), and the
+// per-kind "openers bottom" is a creation position: removing delimiters never shifts others,
+// so each delimiter is visited a bounded number of times (an array with splice made runs like
+// "*a* *a* *a* ..." quadratic).
+
+import { meter } from "./meter.js";
 
 const PUNCT = /[\p{P}\p{S}]/u;
 const SPACE = /\s/u;
+
+/** An empty delimiter stack: `top` is its sentinel until delimiters are pushed. */
+export function delimiterStack() {
+  const sentinel = { pos: -1, dprev: null, dnext: null };
+  return { sentinel, top: sentinel, count: 0 };
+}
+
+/** Push a delimiter node (from delimiterRun) on the stack. */
+export function pushDelimiter(stack, node) {
+  node.pos = stack.count++;
+  node.dprev = stack.top;
+  node.dnext = null;
+  stack.top.dnext = node;
+  stack.top = node;
+  return node;
+}
 
 /** Flanking rules (CommonMark 6.2) for a run of `ch` between the characters `before`/`after`. */
 export function delimiterRun(ch, len, before, after) {
@@ -18,30 +41,34 @@ export function delimiterRun(ch, len, before, after) {
   return { k: "delim", ch, len, orig: len, canOpen, canClose };
 }
 
-// CommonMark "process emphasis": match closers with the nearest compatible opener.
-export function processEmphasis(delims, bottom) {
-  const floor = {}; // per kind of closer: below here no opener can match (keeps this linear)
-  let ci = bottom;
-  while (ci < delims.length) {
-    const closer = delims[ci];
+/**
+ * CommonMark "process emphasis" for the delimiters above `bottom` (a delimiter, or the
+ * stack's sentinel): match closers with the nearest compatible opener; what is left above
+ * `bottom` is plain text and leaves the stack.
+ */
+export function processEmphasis(stack, bottom) {
+  const floor = {}; // per kind of closer: openers created before this position cannot match
+  let closer = bottom.dnext;
+  while (closer) {
+    meter.steps++;
     if (!closer.canClose) {
-      ci++;
+      closer = closer.dnext;
       continue;
     }
     const kind = `${closer.ch}${closer.canOpen ? 1 : 0}${closer.orig % 3}`;
-    let oi = ci - 1;
-    const stop = Math.max(bottom, floor[kind] ?? bottom);
-    for (; oi >= stop; oi--) {
-      const o = delims[oi];
-      if (o.ch === closer.ch && o.canOpen && matches(o, closer)) break;
+    const stop = Math.max(bottom.pos + 1, floor[kind] ?? -1);
+    let opener = closer.dprev;
+    for (; opener.pos >= stop; opener = opener.dprev) {
+      meter.steps++;
+      if (opener.ch === closer.ch && opener.canOpen && matches(opener, closer)) break;
     }
-    if (oi < stop) {
-      floor[kind] = ci;
-      if (closer.canOpen) ci++;
-      else delims.splice(ci, 1);
+    if (opener.pos < stop) {
+      floor[kind] = closer.pos;
+      const next = closer.dnext;
+      if (!closer.canOpen) drop(stack, closer);
+      closer = next;
       continue;
     }
-    const opener = delims[oi];
     const use = closer.ch === "~" ? closer.len : closer.len >= 2 && opener.len >= 2 ? 2 : 1;
     const el = { k: "el", tag: closer.ch === "~" ? "del" : use === 2 ? "strong" : "em", first: null };
     if (opener.next !== closer) {
@@ -55,20 +82,22 @@ export function processEmphasis(delims, bottom) {
     closer.prev = el;
     opener.len -= use;
     closer.len -= use;
-    delims.splice(oi + 1, ci - oi - 1);
-    for (const key of Object.keys(floor)) floor[key] = Math.min(floor[key], oi);
-    ci = oi + 1;
+    // the delimiters between them stay in the text as characters
+    opener.dnext = closer;
+    closer.dprev = opener;
     if (opener.len === 0) {
       unlink(opener);
-      delims.splice(oi, 1);
-      ci--;
+      drop(stack, opener);
     }
     if (closer.len === 0) {
       unlink(closer);
-      delims.splice(ci, 1);
+      const next = closer.dnext;
+      drop(stack, closer);
+      closer = next;
     }
   }
-  delims.length = bottom; // what is left is plain text
+  bottom.dnext = null;
+  stack.top = bottom;
 }
 
 function matches(opener, closer) {
@@ -78,6 +107,12 @@ function matches(opener, closer) {
     return opener.orig % 3 === 0 && closer.orig % 3 === 0;
   }
   return true;
+}
+
+function drop(stack, d) {
+  d.dprev.dnext = d.dnext;
+  if (d.dnext) d.dnext.dprev = d.dprev;
+  else stack.top = d.dprev;
 }
 
 function unlink(node) {

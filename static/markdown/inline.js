@@ -5,8 +5,9 @@
 // http(s) URL. Raw HTML stays visible text. Images become links (or text): an <img> would let
 // injected instructions send data out just by being rendered.
 
-import { delimiterRun, processEmphasis } from "./emphasis.js";
+import { delimiterRun, delimiterStack, processEmphasis, pushDelimiter } from "./emphasis.js";
 import { linkTail, safeHref } from "./links.js";
+import { meter } from "./meter.js";
 
 const ESCAPABLE = /[!-/:-@[-`{-~]/;
 const SPECIAL = /[\\`*_~![\]<&\nh]/g;
@@ -14,6 +15,9 @@ const BARE_URL = /https?:\/\/[^\s<>]+/y;
 const ENTITY = /&(#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});/y;
 const AUTOLINK = /<([a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>/y;
 const BR_TAG = /<br\s*\/?>/iy;
+// Emphasis and links nest no deeper than this in the DOM; deeper levels are their text alone
+// (model text like "*_*_*_..." or "![![![..." must not build a tree that deep).
+const MAX_NESTING = 32;
 const NAMED = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0", copy: "©",
   reg: "®", hellip: "…", mdash: "—", ndash: "–", rarr: "→", larr: "←", times: "×" };
 
@@ -25,6 +29,7 @@ export function renderInline(text, parent) {
 
 // A doubly linked list of inline nodes, so emphasis can wrap a run of them in place.
 function parseInline(src) {
+  meter.chars += src.length;
   const head = { k: "head", prev: null, next: null };
   let tail = head;
   const add = (node) => {
@@ -39,8 +44,13 @@ function parseInline(src) {
     if (text) add({ k: "text", text });
     text = "";
   };
-  const delims = [];
+  const delims = delimiterStack();
   const brackets = [];
+  let links = 0; // links made so far: a "[" pushed before one cannot open another (no links in links)
+  let backticks = null; // where each length of backtick run starts, once a code span is looked for
+  // Destination and title scans after "](" are paid for from this: text like "[a](" repeated
+  // cannot make each "]" scan to the end of the text.
+  const budget = { left: 2 * src.length + 4096 };
   let i = 0;
   while (i < src.length) {
     SPECIAL.lastIndex = i;
@@ -67,7 +77,8 @@ function parseInline(src) {
     } else if (c === "`") {
       let run = 1;
       while (src[i + run] === "`") run++;
-      const close = findBackticks(src, i + run, run);
+      backticks = backticks || backtickRuns(src);
+      const close = nextRun(backticks, i + run, run);
       if (close === -1) {
         text += "`".repeat(run);
         i += run;
@@ -89,7 +100,7 @@ function parseInline(src) {
       const before = i > 0 ? src[i - 1] : " "; // the ends of the text count as spaces
       const after = i + run < src.length ? src[i + run] : " ";
       flush();
-      delims.push(add(delimiterRun(c, run, before, after)));
+      pushDelimiter(delims, add(delimiterRun(c, run, before, after)));
       i += run;
     } else if (c === "!" || c === "[") {
       const image = c === "!";
@@ -100,11 +111,12 @@ function parseInline(src) {
       }
       flush();
       const node = add({ k: "text", text: image ? "![" : "[" });
-      brackets.push({ node, image, active: true, bottom: delims.length });
+      brackets.push({ node, image, links, bottom: delims.top });
       i += image ? 2 : 1;
     } else if (c === "]") {
       const opener = brackets.pop();
-      const link = opener && opener.active ? linkTail(src, i + 1) : null;
+      const active = opener && (opener.image || opener.links === links);
+      const link = active ? linkTail(src, i + 1, budget) : null;
       if (!link) {
         text += "]";
         i++;
@@ -118,7 +130,7 @@ function parseInline(src) {
       tail = opener.node.prev;
       if (node.first) node.first.prev = null;
       add(node);
-      if (!opener.image) for (const b of brackets) if (!b.image) b.active = false; // no links in links
+      if (!opener.image) links++; // every "[" still open is now inactive
       i = link.end;
     } else if (c === "<") {
       AUTOLINK.lastIndex = i;
@@ -158,14 +170,21 @@ function parseInline(src) {
         continue;
       }
       let url = trimUrlEnd(m[0]);
-      while (url.endsWith(")") && count(url, "(") < count(url, ")")) url = url.slice(0, -1);
+      // a closing parenthesis ends the URL when it has no opening one in it (GFM)
+      let extra = count(url, ")") - count(url, "(");
+      let end = url.length;
+      while (extra > 0 && url[end - 1] === ")") {
+        end--;
+        extra--;
+      }
+      url = url.slice(0, end);
       flush();
       add({ k: "link", href: url, first: { k: "text", text: url, prev: null, next: null } });
       i += url.length;
     }
   }
   flush();
-  processEmphasis(delims, 0);
+  processEmphasis(delims, delims.sentinel);
   return head;
 }
 
@@ -173,14 +192,32 @@ function count(s, ch) {
   return s.split(ch).length - 1;
 }
 
-function findBackticks(src, from, run) {
-  for (let i = src.indexOf("`", from); i !== -1; i = src.indexOf("`", i)) {
+// Every maximal backtick run, by length, in one pass (as cmark does): looking for a closing
+// run of a given length is then a step along a list, not a scan to the end of the text, which
+// runs of different lengths ("`a``a```a...") would repeat for each opener.
+function backtickRuns(src) {
+  const runs = new Map();
+  for (let i = src.indexOf("`"); i !== -1; ) {
     let n = 1;
     while (src[i + n] === "`") n++;
-    if (n === run) return i;
-    i += n;
+    let list = runs.get(n);
+    if (!list) runs.set(n, (list = { at: [], next: 0 }));
+    list.at.push(i);
+    meter.chars += n;
+    i = src.indexOf("`", i + n);
   }
-  return -1;
+  return runs;
+}
+
+// The first run of exactly `len` backticks starting at or after `from` (which only grows).
+function nextRun(runs, from, len) {
+  const list = runs.get(len);
+  if (!list) return -1;
+  while (list.next < list.at.length && list.at[list.next] < from) {
+    list.next++;
+    meter.steps++;
+  }
+  return list.next < list.at.length ? list.at[list.next] : -1;
 }
 
 function decodeEntity(name) {
@@ -190,54 +227,89 @@ function decodeEntity(name) {
   return String.fromCodePoint(code);
 }
 
-function appendNodes(node, parent, inLink = false) {
+// Depth first with a stack of its own: how deep the nodes nest is up to the model's text, and
+// past MAX_NESTING a node's children go straight into the deepest element made. Neighbouring
+// text becomes one text node ("[[[[" is one node, not thousands).
+function appendNodes(first, parent) {
   const doc = parent.ownerDocument;
-  for (; node; node = node.next) {
+  let text = "";
+  let textParent = null;
+  const flush = () => {
+    if (text) {
+      textParent.appendChild(doc.createTextNode(text));
+      meter.nodes++;
+    }
+    text = "";
+  };
+  const addText = (into, data) => {
+    if (textParent !== into) flush();
+    textParent = into;
+    text += data;
+  };
+  const add = (into, node) => {
+    flush();
+    meter.nodes++;
+    return into.appendChild(node);
+  };
+  const stack = [{ node: first, parent, inLink: false, depth: 0, done: null }];
+  while (stack.length) {
+    const frame = stack[stack.length - 1];
+    const node = frame.node;
+    if (!node) {
+      stack.pop();
+      flush();
+      if (frame.done) frame.done();
+      continue;
+    }
+    frame.node = node.next;
+    const { inLink, depth } = frame;
+    const into = frame.parent;
+    const children = (el, childInLink, done = null) => {
+      const deeper = el !== into;
+      stack.push({ node: node.first, parent: el, inLink: childInLink, depth: deeper ? depth + 1 : depth, done });
+    };
     switch (node.k) {
       case "text":
-        parent.appendChild(doc.createTextNode(node.text));
+        addText(into, node.text);
         break;
       case "delim":
-        if (node.len > 0) parent.appendChild(doc.createTextNode(node.ch.repeat(node.len)));
+        if (node.len > 0) addText(into, node.ch.repeat(node.len));
         break;
-      case "code": {
-        const code = doc.createElement("code");
-        code.textContent = node.text;
-        parent.appendChild(code);
+      case "code":
+        add(into, doc.createElement("code")).textContent = node.text;
         break;
-      }
       case "br":
-        parent.appendChild(doc.createElement("br"));
+        add(into, doc.createElement("br"));
         break;
-      case "el": {
-        const el = doc.createElement(node.tag);
-        appendNodes(node.first, el, inLink);
-        parent.appendChild(el);
+      case "el":
+        if (depth >= MAX_NESTING) children(into, inLink);
+        else children(add(into, doc.createElement(node.tag)), inLink);
         break;
-      }
       case "link":
       case "image":
-        parent.appendChild(linkElement(node, doc, inLink));
+        if (depth >= MAX_NESTING) children(into, true);
+        else {
+          // a link inside a link (an image in one, a bare URL in its text) stays text
+          const href = inLink ? null : safeHref(node.href);
+          linkElement(node, href, add(into, doc.createElement(href ? "a" : "span")), inLink, children);
+        }
         break;
       default:
         break;
     }
   }
+  flush();
 }
 
-function linkElement(node, doc, inLink) {
-  // a link inside a link (an image in one, a bare URL in its text) stays text
-  const href = inLink ? null : safeHref(node.href);
-  const el = doc.createElement(href ? "a" : "span");
+function linkElement(node, href, el, inLink, children) {
   if (node.k === "image") {
     el.className = "image-link";
-    const alt = doc.createElement("span");
-    appendNodes(node.first, alt, true);
-    el.append(`[image${alt.textContent ? ": " : ""}`, ...alt.childNodes, "]");
+    const alt = el.ownerDocument.createElement("span");
+    children(alt, true, () => el.append(`[image${alt.textContent ? ": " : ""}`, ...alt.childNodes, "]"));
   } else {
-    appendNodes(node.first, el, true);
+    children(el, true);
   }
-  if (inLink) return el;
+  if (inLink) return;
   if (href) {
     el.href = href;
     el.title = href;
@@ -248,7 +320,6 @@ function linkElement(node, doc, inLink) {
     el.classList.add("link-removed");
     el.title = "link removed: only http(s) links are followed";
   }
-  return el;
 }
 
 // Trailing punctuation is not part of a bare URL; scanned by hand (see stripClosingHashes).

@@ -1,6 +1,7 @@
 // Blocks (from blocks.js) to DOM nodes. Text goes in through renderInline/textContent only.
 
 import { renderInline } from "./inline.js";
+import { meter } from "./meter.js";
 
 /** One block as a node; list items are grouped by the caller (see appendBlocks). */
 export function renderBlock(block, doc) {
@@ -98,6 +99,7 @@ export function codeBlock(info, doc) {
 }
 
 export function tableRow(cells, align, tag, doc) {
+  meter.nodes += cells.length + 1;
   const tr = doc.createElement("tr");
   cells.forEach((cell, i) => {
     const td = doc.createElement(tag);

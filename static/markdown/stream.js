@@ -11,9 +11,25 @@
 // While streaming, a partial last line made only of marker characters ("`", "##", "1.", "---",
 // "|:--") is held back until it is more, so a fence or heading does not flash as text first;
 // a last line starting with "|" waits one line to see whether it heads a table.
+//
+// Each frame's work is bounded, however long the reply or its blocks: a frame takes at most
+// FRAME_BUDGET new characters (the rest waits for the next frame; finish() takes everything);
+// an open block redrawn whole is at most TAIL_LIMIT characters, beyond which what it has so far
+// is frozen as it renders now and the rest goes on as new text (Markdown spanning that cut is
+// not seen as one: only blocks that long are cut); an open fence shows its unfinished line by
+// appending, and a table's unfinished row is shown only while it is short.
+//
+// A rendering error never leaves the reply stuck: the text so far is shown as plain text from
+// then on, and onError is told.
 
 import { dedent, fenceOpen, interrupts, isBlank, isFenceClose, parseBlocks, rowCells } from "./blocks.js";
+import { meter } from "./meter.js";
 import { codeBlock, listFor, listKey, renderBlock, renderItem, tableRow } from "./render.js";
+
+const FRAME_BUDGET = 32768;
+const TAIL_LIMIT = 8192;
+const LINE_KEEP = 1024; // of a line longer than TAIL_LIMIT / 2, the part left live when it is cut
+const PARTIAL_ROW_LIMIT = 2048;
 
 // One character class, no nested quantifiers: model text must never make a regex backtrack.
 const HOLD = /^[-=*_+#`~>|:.)0-9 \t]*$/;
@@ -23,14 +39,23 @@ export class MarkdownStream {
   constructor(container) {
     this.container = container;
     this.doc = container.ownerDocument;
+    this._inbox = ""; // appended, not yet taken by a frame
     this._pending = ""; // source after the last frozen block, line ends normalized to LF
+    this._source = ""; // all of it, for the plain-text fallback
     this._afterCR = false;
     this._tail = []; // nodes of the live tail, replaced on each render
     this._list = null; // {el, key}: the last frozen top-level list, which new items may join
     this._open = null; // a top-level fence or table that grows in place: see _grow*
     this._frame = 0;
     this._finished = false;
+    this._plain = null; // after a rendering error: the text node showing the source
     this.onRender = null; // called after each render, e.g. to keep the end in view
+    this.onError = null; // called once if rendering failed (the text is then shown plain)
+  }
+
+  /** The error that made this stream fall back to plain text, or null. */
+  get failed() {
+    return this._failed ?? null;
   }
 
   append(text) {
@@ -38,8 +63,15 @@ export class MarkdownStream {
     // One kind of line end from here on; a CRLF split across two tokens still counts once.
     if (this._afterCR && text[0] === "\n") text = text.slice(1);
     this._afterCR = text.endsWith("\r");
-    this._pending += text.replace(/\r\n?/g, "\n");
-    if (!this._frame) this._frame = requestAnimationFrame(() => this.render());
+    text = text.replace(/\r\n?/g, "\n");
+    this._source += text;
+    if (this._plain) {
+      this._plain.appendData(text);
+      if (this.onRender) this.onRender();
+      return;
+    }
+    this._inbox += text;
+    this._schedule();
   }
 
   /** The text is complete: render everything now, holding nothing back. */
@@ -51,22 +83,83 @@ export class MarkdownStream {
   render() {
     if (this._frame) cancelAnimationFrame(this._frame);
     this._frame = 0;
+    if (!this._plain) {
+      try {
+        this._render();
+      } catch (error) {
+        this.fail(error);
+      }
+    }
+    if (this.onRender) this.onRender();
+  }
+
+  _schedule() {
+    if (!this._frame) this._frame = requestAnimationFrame(() => this.render());
+  }
+
+  _render() {
+    let take = this._inbox;
+    this._inbox = "";
+    if (!this._finished && take.length > FRAME_BUDGET) {
+      this._inbox = take.slice(FRAME_BUDGET);
+      take = take.slice(0, FRAME_BUDGET);
+      this._schedule();
+    }
+    this._pending += take;
     for (;;) {
       if (this._open) {
         const grow = this._open.fence ? this._growFence : this._growTable;
         if (!grow.call(this, this._open)) break; // still open: nothing after it yet
         this._open = null;
       } else if (!this._freeze()) {
+        if (this._pending.length > TAIL_LIMIT) this._cut();
         this._renderTail();
         break;
       }
     }
+  }
+
+  /** Show everything so far as plain text, and the rest as it comes: the reply stays readable
+   *  whatever went wrong in the renderer (or around it). */
+  fail(error) {
+    if (this._plain) return;
+    this._failed = error;
+    this._open = null;
+    this._tail = [];
+    this._inbox = "";
+    this._pending = "";
+    this._plain = this.doc.createTextNode(this._source);
+    this.container.classList.add("plain");
+    this.container.replaceChildren(this._plain);
+    console.error("could not render the reply as Markdown: showing it as plain text", error);
+    if (this.onError) this.onError(error);
     if (this.onRender) this.onRender();
+  }
+
+  // The open block is over TAIL_LIMIT: freeze it as it renders now and go on with the rest as
+  // new text, cut at the last line end, or near the end of a very long line.
+  _cut() {
+    const src = this._pending;
+    let cut = src.lastIndexOf("\n") + 1;
+    if (src.length - cut > TAIL_LIMIT / 2) {
+      cut = src.length - LINE_KEEP;
+      const space = src.lastIndexOf(" ", cut);
+      if (space > cut - 64) cut = space + 1;
+      const c = src.charCodeAt(cut);
+      if (c >= 0xdc00 && c <= 0xdfff) cut--; // not between the halves of a surrogate pair
+    }
+    meter.chars += src.length;
+    const lines = src.slice(0, cut).split("\n");
+    if (lines[lines.length - 1] === "") lines.pop();
+    this._pending = src.slice(cut);
+    this._clearTail();
+    for (const block of parseBlocks(lines)) this._emit(block, this, false);
   }
 
   // Freeze finished blocks; true if the last block is an open fence or a table, which from now
   // on grows in place.
   _freeze() {
+    meter.chars += this._pending.length;
     const cut = this._pending.lastIndexOf("\n") + 1;
     if (cut === 0) return false;
     const lines = this._pending.slice(0, cut - 1).split("\n");
@@ -90,58 +183,74 @@ export class MarkdownStream {
       const fence = fenceOpen(lines[keep]);
       const { pre, code } = codeBlock(fence.info, this.doc);
       const text = this.doc.createTextNode(last.code.join("\n"));
-      const partial = this.doc.createTextNode("");
-      code.append(text, partial);
+      code.append(text);
       this.container.appendChild(pre);
-      this._open = { fence, text, partial, lines: last.code.length };
+      this._open = { fence, text, lines: last.code.length, lineOpen: false, scanned: 0, hold: null };
     } else {
       const wrap = this.container.appendChild(renderBlock(last, this.doc));
-      this._open = { body: wrap.querySelector("tbody"), align: last.align, partial: null };
+      this._open = { body: wrap.querySelector("tbody"), align: last.align, partial: null, scanned: 0 };
     }
     return true;
   }
 
   // Append an open fence's new complete lines; true once it is closed (or the text is over).
+  // Only new characters are looked at: `scanned` of the pending text is known to hold no line
+  // end, and a line that can no longer be the closing fence joins the code as it grows.
   _growFence(f) {
+    const src = this._pending;
+    meter.chars += src.length - f.scanned;
     let start = 0;
     let closed = false;
     let added = "";
-    for (let nl = this._pending.indexOf("\n"); nl !== -1; nl = this._pending.indexOf("\n", start)) {
-      const line = this._pending.slice(start, nl);
+    if (f.lineOpen) {
+      const nl = src.indexOf("\n");
+      added = nl === -1 ? src : src.slice(0, nl);
+      start = nl === -1 ? src.length : nl + 1;
+      f.lineOpen = nl === -1;
+    }
+    for (let nl = src.indexOf("\n", Math.max(start, f.scanned)); nl !== -1; nl = src.indexOf("\n", start)) {
+      const line = src.slice(start, nl);
       start = nl + 1;
+      f.hold = null;
       if (isFenceClose(line, f.fence)) {
         closed = true;
         break;
       }
       added += (f.lines++ ? "\n" : "") + dedent(line, f.fence.indent);
     }
-    let rest = this._pending.slice(start);
+    let rest = src.slice(start);
+    f.scanned = 0;
     if (this._finished && !closed) {
       // the end of the text closes the fence; its unfinished last line is a line too
       if (rest && !isFenceClose(rest, f.fence)) added += (f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent);
       rest = "";
       closed = true;
     }
+    if (closed) {
+      // what follows the fence is for the blocks after it
+    } else if (rest && !f.lineOpen && !mayCloseFence(f, rest)) {
+      // It cannot be the closing fence any more: it is code, shown as it grows.
+      added += (f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent);
+      f.lineOpen = true;
+      f.hold = null;
+      rest = "";
+    } else if (rest) {
+      f.scanned = rest.length; // held back, unfinished: may yet close the fence
+    }
     if (added) f.text.appendData(added);
     this._pending = rest;
-    if (closed) {
-      f.partial.remove();
-      return true;
-    }
-    // The unfinished line shows as it grows, unless it may yet be the closing fence.
-    const held = FENCE_PREFIX.test(rest) && (rest.trim() === "" || rest.trim()[0] === f.fence.ch);
-    const shown = held ? "" : dedent(rest, f.fence.indent);
-    f.partial.data = shown && f.lines ? `\n${shown}` : shown;
-    return false;
+    return closed;
   }
 
   // Append a table's new complete rows; true once a line ends it (or the text is over).
   _growTable(t) {
+    const src = this._pending;
+    meter.chars += src.length - t.scanned;
     let start = 0;
     let closed = false;
     const count = t.align.length;
-    for (let nl = this._pending.indexOf("\n"); nl !== -1; nl = this._pending.indexOf("\n", start)) {
-      const line = this._pending.slice(start, nl);
+    for (let nl = src.indexOf("\n", t.scanned); nl !== -1; nl = src.indexOf("\n", start)) {
+      const line = src.slice(start, nl);
       if (isBlank(line) || interrupts(line)) {
         closed = true; // the line belongs to what comes next
         break;
@@ -149,7 +258,8 @@ export class MarkdownStream {
       t.body.appendChild(tableRow(rowCells(line, count), t.align, "td", this.doc));
       start = nl + 1;
     }
-    this._pending = this._pending.slice(start);
+    this._pending = src.slice(start);
+    t.scanned = 0;
     if (t.partial) t.partial.remove();
     t.partial = null;
     const rest = this._pending;
@@ -160,13 +270,18 @@ export class MarkdownStream {
       this._pending = "";
       return true;
     }
-    if (!HOLD.test(rest)) t.partial = t.body.appendChild(tableRow(rowCells(rest, count), t.align, "td", this.doc));
+    t.scanned = rest.length;
+    // A long unfinished row waits for its line end: redrawing it each frame would not be bounded.
+    if (rest.length <= PARTIAL_ROW_LIMIT && !HOLD.test(rest)) {
+      t.partial = t.body.appendChild(tableRow(rowCells(rest, count), t.align, "td", this.doc));
+    }
     return false;
   }
 
   _renderTail() {
     this._clearTail();
     let src = this._pending;
+    meter.chars += src.length;
     if (!this._finished) {
       const nl = src.lastIndexOf("\n");
       if (HOLD.test(src.slice(nl + 1))) src = src.slice(0, nl + 1);
@@ -211,4 +326,26 @@ export class MarkdownStream {
     for (const node of this._tail) node.remove();
     this._tail = [];
   }
+}
+
+// Could the unfinished line `rest` of an open fence still become its closing fence (up to three
+// spaces, a run of the fence's character, then only spaces or tabs)? Only the characters not
+// seen before are looked at: a hostile line of a hundred thousand backticks costs its length
+// once, not once per frame.
+function mayCloseFence(f, rest) {
+  const h = f.hold || (f.hold = { seen: 0, phase: "indent", spaces: 0 });
+  for (; h.seen < rest.length && h.phase !== "no"; h.seen++) {
+    const c = rest[h.seen];
+    const blank = c === " " || c === "\t";
+    if (h.phase === "indent") {
+      if (c === " " && h.spaces < 3) h.spaces++;
+      else if (c === f.fence.ch) h.phase = "run";
+      else h.phase = blank ? "blank" : "no";
+    } else if (h.phase === "run") {
+      if (c !== f.fence.ch) h.phase = blank ? "trailing" : "no";
+    } else if (!blank) {
+      h.phase = "no"; // after the run, or after four columns of indent: only blanks may follow
+    }
+  }
+  return h.phase !== "no";
 }
