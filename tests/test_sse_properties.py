@@ -200,6 +200,19 @@ messages = st.fixed_dictionaries(
     optional={"name": json_scalars, "tool_call_id": json_scalars,
               "tool_calls": st.one_of(st.lists(json_values, max_size=2), json_scalars),
               "extra": json_scalars})
+# Near-valid requests too, so that the accepting path and the limits are reached often.
+good_parts = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": model_text}),
+    st.fixed_dictionaries({"type": st.just("image_url"),
+                           "image_url": st.fixed_dictionaries({"url": urls})}))
+good_messages = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool"]),
+     "content": st.one_of(model_text, st.lists(good_parts, min_size=1, max_size=3))})
+good_requests = st.fixed_dictionaries(
+    {"messages": st.lists(good_messages, min_size=1, max_size=10)},
+    optional={"model": st.text(min_size=1, max_size=10),
+              "temperature": st.floats(-1, 3, allow_nan=False),
+              "max_tokens": st.integers(-5, 2000)})
 requests = st.fixed_dictionaries(
     {"messages": st.one_of(st.lists(messages, max_size=10), json_values)},
     optional={"model": st.one_of(st.text(max_size=300), json_scalars),
@@ -209,7 +222,7 @@ requests = st.fixed_dictionaries(
 
 
 @FAST
-@given(raw=st.one_of(requests, json_values))
+@given(raw=st.one_of(good_requests, requests, json_values))
 def test_the_validator_only_ever_refuses_with_an_api_error(raw: Any) -> None:
     try:
         params = parse_chat_request(raw, SETTINGS)
@@ -224,7 +237,8 @@ def test_the_validator_only_ever_refuses_with_an_api_error(raw: Any) -> None:
 
 
 @FAST
-@given(raw=st.one_of(st.lists(messages, max_size=10), json_values))
+@given(raw=st.one_of(st.lists(good_messages, max_size=10), st.lists(messages, max_size=10),
+                     json_values))
 def test_check_messages_only_ever_refuses_with_an_api_error(raw: Any) -> None:
     try:
         check_messages(raw, SETTINGS, field="input")
@@ -255,7 +269,7 @@ tricky_text = st.text(alphabet='[]{}"\\,:u0 ', max_size=12)
 
 
 @FAST
-@given(value=nested(st.recursive(st.one_of(tricky_text, st.integers()),
+@given(value=nested(st.recursive(st.one_of(tricky_text, st.integers(-9, 9)),
                                  lambda inner: st.lists(inner, max_size=3), max_leaves=6)))
 def test_the_depth_limit_counts_exactly_the_nesting(value: Any) -> None:
     body = orjson.dumps(value)
