@@ -13,6 +13,8 @@ import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+if workers < 1:  # gunicorn would run a master with no worker, answering nothing, forever
+    raise SystemExit(f"Error: invalid settings: WEB_CONCURRENCY: must be 1 or more (got {workers})")
 
 # One gevent worker serves thousands of streams: each is a few greenlets waiting on sockets.
 worker_class = "gevent"

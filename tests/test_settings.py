@@ -178,19 +178,22 @@ def boot(env: dict[str, str], timeout: float = 60.0) -> tuple[int | None, str]:
     return proc.returncode, proc.stdout.decode(errors="replace")
 
 
+# 3 is gunicorn's "worker failed to boot": the master stops instead of respawning; 1 is the
+# master refusing before it starts any worker.
 @pytest.mark.parametrize(
-    ("env", "name"),
+    ("env", "name", "exit_code"),
     [
-        pytest.param({"API_KEYS": f"{SECRET},,other"}, "API_KEYS", id="empty-api-key"),
+        pytest.param({"API_KEYS": f"{SECRET},,other"}, "API_KEYS", 3, id="empty-api-key"),
         pytest.param({"HEARTBEAT_INTERVAL": "-1", "LLM_PROVIDER": "bogus"},
-                     "HEARTBEAT_INTERVAL", id="negative-timeout-and-provider"),
-        pytest.param({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL", id="redis-url"),
+                     "HEARTBEAT_INTERVAL", 3, id="negative-timeout-and-provider"),
+        pytest.param({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL", 3, id="redis-url"),
+        pytest.param({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY", 1, id="no-workers"),
     ],
 )
-def test_a_bad_setting_stops_gunicorn_with_one_line(env: dict[str, str], name: str) -> None:
+def test_a_bad_setting_stops_gunicorn_with_one_line(env: dict[str, str], name: str,
+                                                    exit_code: int) -> None:
     code, log = boot(env)
-    # 3 is gunicorn's "worker failed to boot": the master stops instead of respawning.
-    assert code == 3, log
+    assert code == exit_code, log
     named = [line for line in log.splitlines() if line.startswith("Error: invalid settings:")]
     assert len(named) == 1, log
     assert f"{name}: " in named[0]
