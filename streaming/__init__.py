@@ -33,7 +33,7 @@ class LLMStream:
             self.init_app(app)
 
     def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
-        from . import api_v1
+        from . import api_aisdk, api_v1
         from .manager import StreamManager
         from .metrics import Metrics
         from .views import EXTENSION, bp
@@ -43,6 +43,7 @@ class LLMStream:
         provider = self._provider or make_provider(settings)
         app.extensions[EXTENSION] = StreamManager(settings, store, provider, Metrics())
         app.register_blueprint(bp, url_prefix=url_prefix)
+        app.register_blueprint(api_aisdk.bp, url_prefix=url_prefix)
         app.register_blueprint(api_v1.bp, url_prefix=url_prefix)
         for warning in startup_warnings(settings):
             logging.getLogger(__name__).warning("%s", warning)
