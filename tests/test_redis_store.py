@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,3 +267,29 @@ def test_cluster_create_on_one_worker_read_and_cancel_from_another(
     assert producers["s1"].presence.wait(5)
     a.append("s1", 1, [b"end"], end=True)
     assert read_until(b, "s1", 0, lambda e: len(e) == 2) == [b"e0", b"end"]
+
+
+def test_a_hung_redis_times_out_and_a_local_end_is_written_when_it_is_back(
+        workers: Callable[..., RedisStore], redis_crashable: RedisServer) -> None:
+    a = workers(redis_crashable.url)
+    b = workers(redis_crashable.url)
+    a.create(meta(a), [b"e0"])
+    a.register("s", Producer())
+    assert redis_crashable.proc is not None
+    redis_crashable.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            a.append("s", 1, [b"e1"])
+        assert time.monotonic() - started < 5
+        # What the relay does then: end it for this worker's readers.
+        a.end_locally("s", [b"local end"])
+        a.unregister("s")
+        assert a.read("s", 0, 0) == ([b"e0", b"local end"], True)
+    finally:
+        redis_crashable.proc.send_signal(signal.SIGCONT)
+    # Back: the end is written to Redis for everyone else, as `store_unavailable` at seq 1.
+    got = read_until(b, "s", 0, lambda e: len(e) >= 2)
+    assert got[0] == b"e0" and len(got) == 2
+    assert got[1].startswith(b"id: 1\n") and b'"code":"store_unavailable"' in got[1]
+    assert b.status("s") == (2, True)

@@ -15,7 +15,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -25,11 +25,11 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
-from ..green import spawn
 from ..settings import Settings
 from . import redis_scripts as lua
 from .base import Counter, IndexKey, Producer, StreamClosedError, StreamMeta, UnknownStreamError
 from .redis_follow import FollowLoop, Mirror
+from .redis_lease import LeaseLoop
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class RedisStore:
     """`StreamStore` on Redis. Starts its lease and follow loop at once; connects lazily."""
 
     def __init__(self, settings: Settings, *, worker_id: str | None = None,
-                 lease: float = 5.0, renew_every: float = 1.0, retry_for: float = 2.0,
+                 lease: float = 5.0, retry_for: float = 2.0,
                  max_connections: int = 32, linger: float = 5.0) -> None:
         if not settings.REDIS_URL:
             raise ValueError("RedisStore needs REDIS_URL")
@@ -61,7 +61,7 @@ class RedisStore:
         self.ttl = settings.STREAM_TTL
         timeouts: dict[str, Any] = {
             "socket_timeout": 2.0, "socket_connect_timeout": 2.0,
-            # Retrying is ours (`_call`): one window, whatever the command.
+            # Retrying is ours (`call`): one window, whatever the command.
             "retry": Retry(NoBackoff(), 0),
         }
         self.client: Any
@@ -79,18 +79,15 @@ class RedisStore:
         self.mirrors: dict[str, Mirror] = {}
         self.lock = threading.Lock()
         self.producers: dict[str, Producer] = {}
-        self.live: frozenset[str] = frozenset((self.worker_id,))
-        self.lease_renewed = 0.0  # monotonic time of the last renewal that succeeded
         self.closed = threading.Event()
-        self._checked_policy = False
-        self._lease_loop = spawn(self._renew_lease, "redis-lease")
+        self._lease = LeaseLoop(self)
         self._follow = FollowLoop(self)
 
     # -- the log ------------------------------------------------------------------------
 
     def create(self, meta: StreamMeta, events: list[bytes]) -> None:
-        if time.monotonic() - self.lease_renewed > self.lease / 2:
-            self.renew_lease()  # a stream must not start under a lapsed lease
+        if not self._lease.fresh():
+            self._lease.renew()  # a stream must not start under a lapsed lease
         fields = lua.meta_fields(meta)
         meta_key, log_key, _ = self.keys.stream(meta.stream_id)
         ok = self.call(lambda retried: self._scripts["CREATE"](
@@ -125,18 +122,22 @@ class RedisStore:
                 producer.cancel()
 
     def read(self, stream_id: str, cursor: int, timeout: float) -> tuple[list[bytes], bool]:
-        mirror = self.mirrors.get(stream_id)
-        if mirror is not None and mirror.expired():
-            # Redis holds the truth on expiry: ask it.
-            with self.lock:
-                self.mirrors.pop(stream_id, None)
-            mirror = None
-        if mirror is None:
-            mirror_or_answer = self._follow.open(stream_id, cursor)
-            if isinstance(mirror_or_answer, tuple):
-                return mirror_or_answer
-            mirror = mirror_or_answer
-        mirror.readers += 1
+        while True:
+            mirror = self.mirrors.get(stream_id)
+            if mirror is not None and mirror.expired():
+                # Redis holds the truth on expiry: ask it.
+                with self.lock:
+                    self.mirrors.pop(stream_id, None)
+                mirror = None
+            if mirror is None:
+                mirror_or_answer = self._follow.open(stream_id, cursor)
+                if isinstance(mirror_or_answer, tuple):
+                    return mirror_or_answer
+                mirror = mirror_or_answer
+            mirror.readers += 1
+            if self.mirrors.get(stream_id) is mirror:
+                break
+            mirror.readers -= 1  # dropped as idle just now (threads): take it again
         try:
             if mirror.gone:
                 raise UnknownStreamError(stream_id)
@@ -149,6 +150,10 @@ class RedisStore:
         mirror = self.mirrors.get(stream_id)
         if mirror is not None and mirror.local and not mirror.expired():
             return len(mirror.log.events), mirror.log.ended
+        return self.redis_status(stream_id)
+
+    def redis_status(self, stream_id: str) -> tuple[int, bool]:
+        """`status` as Redis has it, whatever this worker holds."""
         m, _, _ = self.keys.stream(stream_id)
         state, n = self.call(lambda _: self.client.hmget(m, "state", "n"))
         if state is None:
@@ -175,6 +180,8 @@ class RedisStore:
         if mirror is not None:
             with self.lock:
                 mirror.add(len(mirror.log.events), events, self.ttl)
+            if mirror.local:
+                self._lease.orphans.add(stream_id)  # its end is written when Redis is back
 
     # -- control ------------------------------------------------------------------------
 
@@ -202,8 +209,8 @@ class RedisStore:
 
     def acquire(self, counter: Counter, limit: int) -> bool:
         key = self._counter_key(counter)
-        if not self.lease_fresh():
-            self.renew_lease()  # counted only under a lease, so others never prune it
+        if not self._lease.fresh():
+            self._lease.renew()  # counted only under a lease, so others never prune it
 
         def run(prune: bool) -> int:
             return int(self.call(lambda _: self._scripts["ACQUIRE"](
@@ -212,7 +219,7 @@ class RedisStore:
 
         result = run(False)
         if result == -1:  # a worker this one has not seen yet, or a dead one
-            self.renew_lease()
+            self._lease.renew()
             result = run(True)
         return result == 1
 
@@ -229,7 +236,7 @@ class RedisStore:
 
         result = run(True, False)
         if result[0] == -1:
-            self.renew_lease()
+            self._lease.renew()
             result = run(False, True)
         if len(result) > 1:  # the last follower left a running stream: tell its producer
             producer = self.producers.get(counter[1])
@@ -240,8 +247,8 @@ class RedisStore:
         key = self._counter_key(counter)
         counts = {w.decode(): int(n) for w, n in self.call(lambda _: self.client.hgetall(key))
                   .items()}
-        if not counts.keys() <= self.live:
-            self.renew_lease()
+        if not counts.keys() <= self._live():
+            self._lease.renew()
         live = self._live()
         return sum(n for w, n in counts.items() if w in live and n > 0)
 
@@ -279,12 +286,14 @@ class RedisStore:
         if self.closed.is_set():
             return
         self.closed.set()
-        for loop in (self._lease_loop, self._follow.runner):
+        for loop in (self._lease.runner, self._follow.runner):
             loop.join(5)
         with suppress(redis.RedisError):
             # Workers following this one's streams find them lost at once, not after a lease.
             self.client.zrem(self.keys.workers, self.worker_id)
         self.client.close()
+        if not isinstance(self.client, redis.RedisCluster):
+            self.client.connection_pool.disconnect()  # a pool we made: Redis leaves it open
 
     # -- inside: calls and the lease ----------------------------------------------------
 
@@ -313,50 +322,34 @@ class RedisStore:
             return list(pipe.execute())
         return self.call(run)
 
-    def publish_raw(self, channel: str, message: str) -> None:
-        self.call(lambda _: self.client.publish(channel, message))
-
     def pubsub(self) -> Any:
         return self.client.pubsub(ignore_subscribe_messages=True)
 
-    def renew_lease(self) -> None:
-        """Renew this worker's lease and learn which workers are live."""
-        live = self.call(lambda _: self._scripts["LEASE"](
-            keys=[self.keys.workers],
-            args=[self.worker_id, int(self.lease * 1000), int(self.lease * 12_000)]))
-        self.live = frozenset(w.decode() for w in live)
-        self.lease_renewed = time.monotonic()
-        if not self._checked_policy:
-            self._checked_policy = True
-            self._check_policy()
+    def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[name](keys=keys, args=args)
+
+    @property
+    def live(self) -> frozenset[str]:
+        """The workers whose lease was live at this worker's last renewal."""
+        return self._lease.live
 
     def lease_fresh(self) -> bool:
-        return time.monotonic() - self.lease_renewed < self.lease / 2
+        return self._lease.fresh()
 
-    def _renew_lease(self) -> None:
-        while not self.closed.is_set():
-            try:
-                self.renew_lease()
-            except StoreUnavailableError:
-                log.warning("could not renew this worker's lease: Redis is unreachable")
-            except Exception:
-                log.exception("could not renew this worker's lease")
-            self.closed.wait(1.0)
+    def renew_lease(self) -> None:
+        self._lease.renew()
 
-    def _check_policy(self) -> None:
+    def eviction_policy(self) -> str | None:
+        """Redis's maxmemory-policy, or None if CONFIG is not allowed (managed Redis)."""
         try:
-            policy = self.client.config_get("maxmemory-policy")
+            reply = self.client.config_get("maxmemory-policy")
         except redis.RedisError:
-            return  # CONFIG may be disabled (managed Redis): nothing to tell
-        values = policy.values() if isinstance(policy, dict) else []
-        for value in values:
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            if text.startswith("allkeys-"):
-                log.warning("Redis maxmemory-policy is %s: it may evict streams that are still "
-                            "running or resumable; use noeviction or volatile-*", text)
-                return
+            return None
+        for value in (reply.values() if isinstance(reply, dict) else []):
+            return value.decode() if isinstance(value, bytes) else str(value)
+        return None
 
-    def _live(self) -> Iterable[str]:
+    def _live(self) -> frozenset[str]:
         return self.live | {self.worker_id}
 
     def _counter_key(self, counter: Counter) -> str:

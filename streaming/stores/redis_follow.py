@@ -140,7 +140,8 @@ class FollowLoop:
                                      if m.followed and now - m.checked >= POLL)
                     self._end_lost()
                 if self._due:
-                    self.refresh(self._due)
+                    due, self._due = self._due, set()
+                    self.refresh(due)
                 failing_since = None
             except Exception as exc:
                 if pubsub is not None:
@@ -202,11 +203,10 @@ class FollowLoop:
     # -- reading, in one round trip -----------------------------------------------------
 
     def refresh(self, due: set[str]) -> None:
-        """Bring the mirrors of `due` up to date from Redis (and empty `due`)."""
+        """Bring the mirrors of `due` up to date from Redis."""
         store = self.store
-        batch = [(sid, m, len(m.log.events)) for sid in list(due)
+        batch = [(sid, m, len(m.log.events)) for sid in due
                  if (m := store.mirrors.get(sid)) is not None and m.followed]
-        due.clear()
         if not batch:
             return
 
@@ -231,7 +231,7 @@ class FollowLoop:
             with store.lock:
                 mirror.add(have, events, store.ttl if ended else None)
             if state == b"ended" and not ended:
-                due.add(sid)
+                self._due.add(sid)
 
     # -- lost producers, lost Redis -----------------------------------------------------
 
