@@ -92,7 +92,11 @@ def _match(method: str) -> Rule | None:
 def _ours(rule: Rule) -> bool:
     name, dot, _ = rule.endpoint.rpartition(".")
     blueprint = current_app.blueprints.get(name) if dot else None
-    return blueprint is not None and blueprint.import_name.partition(".")[0] == __package__
+    if blueprint is None:
+        return False
+    # The blueprints of this package, wherever the package is installed or vendored.
+    return blueprint.import_name == __package__ or blueprint.import_name.startswith(
+        f"{__package__}.")
 
 
 def _sdk_headers(requested: str | None) -> tuple[str, ...]:
