@@ -1,195 +1,228 @@
-"""Measure the relay: many concurrent streams through one gevent worker, on loopback.
+"""This service against the usual asyncio design, side by side, on loopback: `make bench`.
 
-Starts the OpenAI-wire simulator and the service (gunicorn, one gevent worker) as subprocesses,
-drives N concurrent streams from a gevent client, and prints time to first token, throughput,
-the worker's CPU per delta and its memory per stream. Also times the per-chunk parse: ours
-(raw bytes + orjson) against the SDK's typed chunk model.
+Starts the OpenAI-wire simulator (bench/wire_sim.py), this service under gunicorn's gevent
+worker (default settings, and BUFFER_MAX_TOKENS=1 since the baseline writes one event per
+delta) and the baseline (bench/baseline/app.py: FastAPI + uvicorn + AsyncOpenAI), drives each
+with the same load from a separate process (bench/loadgen.py, which checks every stream is
+exact), and takes server CPU and memory from the kernel's accounting of the server processes.
+Writes bench/results/latest.json and latest.png and prints a table.
 
-    .venv/bin/python bench/relay_bench.py --streams 1000 --tokens 100 --delay 0.05
+    .venv/bin/python bench/relay_bench.py                  # everything, about 6 minutes
+    .venv/bin/python bench/relay_bench.py --quick          # smaller sizes, about a minute
+    .venv/bin/python bench/relay_bench.py --only cpu,memory --rate-streams 100
+
+Parts (`--only`): cpu (CPU per relayed delta at each `--rates`; also gives ttft), ttft (added
+time to first token and per-delta delay against asking the simulator directly), fixed (CPU per
+one-delta stream), memory (per open stream), burst (first token of a burst of starts, one and
+two workers), capacity (most concurrent slow streams completed, two workers), parse (per-chunk
+parse cost, in-process).
 """
 
 from __future__ import annotations
 
-from gevent import monkey
+import argparse
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-monkey.patch_all()
+import orjson
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-import gevent  # noqa: E402
+import parts  # noqa: E402
+import report  # noqa: E402
+from servers import ROOT, Server, start_baseline, start_ours, start_simulator  # noqa: E402
+from wire_sim import raise_open_files_limit  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+PARTS = ("cpu", "ttft", "fixed", "memory", "burst", "capacity", "parse")
+# name -> how to start it on the simulator's port
+ONE_WORKER: dict[str, Callable[[int], Server]] = {
+    "ours": lambda sim: start_ours(sim),
+    "ours_b1": lambda sim: start_ours(sim, buffer_max_tokens=1),
+    "baseline": lambda sim: start_baseline(sim),
+}
+TWO_WORKERS: dict[str, Callable[[int], Server]] = {
+    "ours_w2": lambda sim: start_ours(sim, workers=2),
+    "baseline_w2": lambda sim: start_baseline(sim, workers=2),
+}
+QUICK = {"rate_streams": 50, "duration": 4.0, "fixed_streams": 200, "memory_streams": 300,
+         "burst_streams": 300, "capacity": "300,1000", "capacity_hold": 3.0}
 
 
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"comma-separated parts, of: {', '.join(PARTS)}")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a minute or so)")
+    ap.add_argument("--rates", default="50,20", help="deltas per second per stream")
+    ap.add_argument("--rate-streams", type=int, default=200)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per rate run")
+    ap.add_argument("--fixed-streams", type=int, default=1000)
+    ap.add_argument("--fixed-concurrency", type=int, default=50)
+    ap.add_argument("--memory-streams", type=int, default=1000)
+    ap.add_argument("--burst-streams", type=int, default=2000)
+    ap.add_argument("--capacity", default="2000,5000,10000", help="levels to try, in order")
+    ap.add_argument("--capacity-hold", type=float, default=8.0,
+                    help="seconds every stream stays open after the last one started")
+    ap.add_argument("--open-rate", type=float, default=1000.0,
+                    help="new streams per second when opening many slow ones")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
+    ap.add_argument("--chart", type=Path, default=ROOT / "bench/results/latest.png")
+    args = ap.parse_args(argv)
+    if args.quick:
+        defaults = ap.parse_args([])
+        for key, value in QUICK.items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+    args.parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = args.parts - set(PARTS)
+    if unknown:
+        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    return args
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    def version(name: str) -> str | None:
         try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            gevent.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": git,
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "loadavg_start": os.getloadavg(),
+            "versions": {n: version(n) for n in ("gunicorn", "gevent", "openai", "httpx2",
+                                                  "fastapi", "starlette", "uvicorn", "uvloop",
+                                                  "httptools")},
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if k != "parts"} | {"parts": sorted(args.parts)}}
 
 
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    want = args.parts
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    levels = [int(n) for n in args.capacity.split(",") if n.strip()]
+    results: dict[str, Any] = {}
+    do_rate = bool(want & {"cpu", "ttft"})
 
+    def say(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def worker_pid(master: int) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
-        if pids:
-            return pids[0]
-        gevent.sleep(0.05)
-    raise RuntimeError("no worker")
-
-
-def one_stream(port: int, script: dict[str, object], out: list[dict[str, float]]) -> None:
-    body = json.dumps({"messages": [{"role": "user", "content": "SIM " + json.dumps(script)}]})
-    req = (f"POST /api/chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
-    sent = time.monotonic()
-    sock = socket.create_connection(("127.0.0.1", port), 30)
-    sock.sendall(req.encode())
-    first_token = None
-    events = 0
-    buf = b""
+    if "parse" in want:
+        say("parse cost per chunk")
+        results["parse"] = report.parse_cost()
+    sim = start_simulator()
     try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("stream cut")
-            buf += chunk
-            if first_token is None and b'"type":"token"' in buf:
-                first_token = time.monotonic()
-            if b"data: [DONE]" in buf:
+        if do_rate:
+            for r in rates:
+                say(f"direct to the simulator: {args.rate_streams} streams x {r:g} deltas/s")
+                results.setdefault("cpu", {}).setdefault(f"{r:g}", {})["direct"] = parts.rate(
+                    sim, sim, args.rate_streams, r, args.duration)
+        if "burst" in want:
+            say(f"direct to the simulator: burst of {args.burst_streams}")
+            results.setdefault("burst", {})["direct"] = parts.burst(sim, args.burst_streams)
+        for name, start in ONE_WORKER.items():
+            if not want & {"cpu", "ttft", "fixed", "memory", "burst"}:
                 break
-            # Keep only the tail: enough to find a marker split across reads.
-            events += buf.count(b"\n\n")
-            buf = buf[-32:]
+            say(f"{name}: starting")
+            server = start(sim.port)
+            try:
+                parts.warm_up(server)
+                if "memory" in want and name != "ours_b1":
+                    say(f"{name}: memory, {args.memory_streams} open streams")
+                    results.setdefault("memory", {})[name] = parts.memory(
+                        server, args.memory_streams, args.open_rate)
+                for r in rates if do_rate else []:
+                    say(f"{name}: {args.rate_streams} streams x {r:g} deltas/s")
+                    results.setdefault("cpu", {}).setdefault(f"{r:g}", {})[name] = parts.rate(
+                        server, sim, args.rate_streams, r, args.duration)
+                if "fixed" in want:
+                    say(f"{name}: {args.fixed_streams} one-delta streams")
+                    results.setdefault("fixed", {})[name] = parts.fixed(
+                        server, args.fixed_streams, args.fixed_concurrency)
+                if "burst" in want and name != "ours_b1":
+                    say(f"{name}: burst of {args.burst_streams}")
+                    results.setdefault("burst", {})[f"{name}_w1"] = parts.burst(
+                        server, args.burst_streams)
+            finally:
+                server.stop()
+        for name, start in TWO_WORKERS.items():
+            if not want & {"burst", "capacity"}:
+                break
+            say(f"{name}: starting")
+            server = start(sim.port)
+            try:
+                parts.warm_up(server)
+                if "burst" in want:
+                    say(f"{name}: burst of {args.burst_streams}")
+                    results.setdefault("burst", {})[name] = parts.burst(server,
+                                                                        args.burst_streams)
+                if "capacity" in want:
+                    say(f"{name}: capacity, trying {levels}")
+                    results.setdefault("capacity", {})[name] = parts.capacity(
+                        server, levels, args.open_rate, args.capacity_hold)
+            finally:
+                server.stop()
     finally:
-        sock.close()
-    out.append({"ttft": (first_token or time.monotonic()) - sent,
-                "total": time.monotonic() - sent, "events": events})
+        sim.stop()
+    if "ttft" in want and "cpu" in results:
+        results["ttft"] = added_latency(results["cpu"])
+    if "ttft" not in want:
+        results.pop("ttft", None)
+    return results
 
 
-def parse_cost(n: int = 20000) -> tuple[float, float]:
-    from openai.types.chat import ChatCompletionChunk
+def added_latency(cpu: dict[str, Any]) -> dict[str, Any]:
+    """Time to first token and per-delta delay over asking the simulator directly, per rate."""
+    out: dict[str, Any] = {}
+    for r, by_server in cpu.items():
+        direct = by_server.get("direct")
+        if direct is None:
+            continue
+        for name, fig in by_server.items():
+            if name == "direct":
+                continue
+            out.setdefault(r, {})[name] = {
+                "added_ttft_p50_ms": _minus(fig["ttft_p50_ms"], direct["ttft_p50_ms"]),
+                "added_ttft_p99_ms": _minus(fig["ttft_p99_ms"], direct["ttft_p99_ms"]),
+                "added_delay_per_delta_ms": _minus(fig["lag_mean_ms"], direct["lag_mean_ms"]),
+                "added_delay_p99_ms": _minus(fig["lag_p99_ms"], direct["lag_p99_ms"]),
+            }
+    return out
 
-    from streaming.upstream.chunks import parse_chunk
 
-    raw = json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-                      "model": "m", "choices": [{"index": 0, "delta": {"content": " token"},
-                                                 "finish_reason": None}]}).encode()
-    t0 = time.process_time()
-    for _ in range(n):
-        parse_chunk(raw)
-    ours = (time.process_time() - t0) / n * 1e6
-    t0 = time.process_time()
-    for _ in range(n):
-        ChatCompletionChunk.model_validate(json.loads(raw))
-    sdk = (time.process_time() - t0) / n * 1e6
-    return ours, sdk
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--streams", type=int, default=500)
-    ap.add_argument("--tokens", type=int, default=100)
-    ap.add_argument("--delay", type=float, default=0.05, help="seconds between upstream deltas")
-    ap.add_argument("--buffer-max-tokens", type=int, default=8)
-    args = ap.parse_args()
-
-    ours, sdk = parse_cost()
-    print(f"parse per chunk: ours {ours:.1f} µs, SDK typed chunk {sdk:.1f} µs")
-
-    tmp = Path(tempfile.mkdtemp(prefix="llm-bench-"))
-    sim = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; sys.path.insert(0, 'tests');"
-         "from upstream_sim import UpstreamSimulator;"
-         "s = UpstreamSimulator().start(); print(s.port, flush=True); time.sleep(1e9)"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert sim.stdout is not None
-    sim_port = int(sim.stdout.readline())
-    port = free_port()
-    env = {**os.environ, "BIND": f"127.0.0.1:{port}", "LLM_PROVIDER": "openai",
-           "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
-           "XDG_RUNTIME_DIR": str(tmp), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-           "BUFFER_MAX_TOKENS": str(args.buffer_max_tokens), "LOG_LEVEL": "warning",
-           "WEB_CONCURRENCY": "1"}
-    service = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                "--access-logfile", "/dev/null", "wsgi:app"],
-                               cwd=ROOT, env=env)
-    try:
-        wait_port(port)
-        worker = worker_pid(service.pid)
-        # Warm up: the first request builds the openai client.
-        one_stream(port, {"tokens": 3}, [])
-        idle_rss = proc_rss_mb(worker)
-        cpu0 = proc_cpu(worker)
-        peak = [idle_rss]
-
-        def sample() -> None:
-            while True:
-                peak[0] = max(peak[0], proc_rss_mb(worker))
-                gevent.sleep(0.2)
-
-        sampler = gevent.spawn(sample)
-        results: list[dict[str, float]] = []
-        script = {"tokens": args.tokens, "delay": args.delay}
-        t0 = time.monotonic()
-        jobs = [gevent.spawn(one_stream, port, script, results) for _ in range(args.streams)]
-        gevent.joinall(jobs, timeout=600)
-        wall = time.monotonic() - t0
-        sampler.kill()
-        cpu = proc_cpu(worker) - cpu0
-        failed = sum(1 for j in jobs if not j.successful())
-        deltas = len(results) * args.tokens
-        ttft = sorted(r["ttft"] for r in results)
-        print(f"streams: {len(results)} ok, {failed} failed; {args.tokens} deltas each, "
-              f"{args.delay * 1000:.0f} ms apart; wall {wall:.1f} s")
-        if ttft:
-            print(f"time to first token: p50 {statistics.median(ttft) * 1000:.0f} ms, "
-                  f"p99 {ttft[int(len(ttft) * 0.99) - 1] * 1000:.0f} ms")
-        print(f"worker CPU: {cpu:.2f} s for {deltas} deltas = {cpu / max(deltas, 1) * 1e6:.0f} µs "
-              f"per delta (all included: HTTP in and out, SSE, buffering)")
-        print(f"worker RSS: idle {idle_rss:.0f} MB, peak {peak[0]:.0f} MB, "
-              f"{(peak[0] - idle_rss) * 1024 / max(args.streams, 1):.0f} KB per concurrent stream")
-    finally:
-        service.send_signal(signal.SIGTERM)
-        sim.send_signal(signal.SIGTERM)
-        service.wait(30)
-        sim.wait(10)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_open_files_limit()  # the simulator and the servers inherit it
+    started = time.monotonic()
+    info = meta(args)
+    results = run(args)
+    info["loadavg_end"] = os.getloadavg()
+    info["wall_s"] = time.monotonic() - started
+    doc = {"meta": info, "results": results, "errors": report.error_count(results)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    print(report.table(doc))
+    print(f"\nwrote {args.json}")
+    if report.chart(doc, args.chart):
+        print(f"wrote {args.chart}")
+    else:
+        print("no chart: matplotlib is not installed (pip install -e '.[bench]')")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The benchmark's parts: each drives one server with the load generator and returns its figures.
+
+Every function takes a running `Server` (or the simulator itself, for the direct reference) and
+the sizes, and returns a dict of plain numbers plus the load generator's verdicts (`ok`,
+`errors`), so that a figure is never shown without the count of exact streams behind it.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from servers import BENCH, PYTHON, Server
+
+KIND = {"sim": "direct", "baseline": "baseline"}  # by the server name's first part; else "ours"
+
+
+def kind_of(server: Server) -> str:
+    return KIND.get(server.name.split("-")[0], "ours")
+
+
+def load(server: Server, on_open: Callable[[], None] | None = None, **spec: Any) -> dict[str, Any]:
+    """Run the load generator (a separate process) against `server`; its result line."""
+    spec = {"port": server.port, "kind": kind_of(server), "notify_open": on_open is not None,
+            **spec}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([PYTHON, str(BENCH / "loadgen.py"), orjson.dumps(spec).decode()],
+                                stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        result: dict[str, Any] | None = None
+        for line in proc.stdout:
+            event = orjson.loads(line)
+            if event.get("event") == "all_open" and on_open is not None:
+                on_open()
+            elif event.get("event") == "result":
+                result = event
+        proc.wait()
+        if result is None:
+            err.seek(0)
+            raise RuntimeError(f"load generator failed:\n{err.read().decode()[-3000:]}")
+    return result
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, Any]:
+    return {"streams": result["streams"], "ok": result["ok"], "errors": result["errors"]}
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def warm_up(server: Server) -> None:
+    """A few streams first: the first request builds clients, pools and lazy imports."""
+    load(server, streams=20, concurrency=10, tokens=5, delay=0.01, timeout=60)
+
+
+def rate(server: Server, sim: Server, streams: int, per_second: float,
+         duration: float) -> dict[str, Any]:
+    """`streams` concurrent streams, each `per_second` deltas/s for `duration` s: CPU per delta
+    over the steady part (every stream started, none ended), time to first token, lag."""
+    delay = 1 / per_second
+    result = load(server, streams=streams, tokens=max(2, round(duration * per_second)),
+                  delay=delay, ramp=min(1.0, duration / 4), lags=True, timeout=duration + 60)
+    out = {**verdicts(result), "ttft_p50_ms": ms(result["ttft_p50_s"]),
+           "ttft_p99_ms": ms(result["ttft_p99_s"]), "lag_mean_ms": ms(result.get("lag_mean_s")),
+           "lag_p99_ms": ms(result.get("lag_p99_s")), "cpu_per_delta_us": None}
+    window = result.get("window")
+    if window and window["deltas"]:
+        seconds = window["end"] - window["start"]
+        cpu = server.cpu_between(window["start"], window["end"])
+        out.update(window_s=seconds, window_deltas=window["deltas"],
+                   deltas_per_s=window["deltas"] / seconds, cpu_cores=cpu / seconds,
+                   cpu_per_delta_us=cpu / window["deltas"] * 1e6,
+                   sim_cpu_per_delta_us=sim.cpu_between(window["start"], window["end"])
+                   / window["deltas"] * 1e6)
+    return out
+
+
+def fixed(server: Server, streams: int, concurrency: int) -> dict[str, Any]:
+    """Many one-delta streams, `concurrency` at a time: the fixed CPU cost of a stream."""
+    cpu0, t0 = server.cpu(), time.monotonic()
+    result = load(server, streams=streams, concurrency=concurrency, tokens=1, delay=0,
+                  timeout=300)
+    time.sleep(0.2)  # the last responses' clean-up after the client saw [DONE]
+    cpu = server.cpu() - cpu0
+    return {**verdicts(result), "cpu_per_stream_ms": cpu / streams * 1000,
+            "streams_per_s": streams / (time.monotonic() - t0)}
+
+
+def memory(server: Server, streams: int, open_rate: float) -> dict[str, Any]:
+    """RSS with `streams` slow streams open, minus warm RSS with none, per stream."""
+    time.sleep(1.0)  # let the warm-up's streams end and their memory settle
+    warm = server.rss()
+    seen: list[int] = []
+
+    def on_open() -> None:
+        for _ in range(3):  # a few samples while every stream is open; the largest counts
+            seen.append(server.rss())
+            time.sleep(0.2)
+
+    ramp = streams / open_rate
+    result = load(server, on_open, streams=streams, ramp=ramp, tokens=6,
+                  delay=max(1.0, ramp / 3), timeout=ramp + 120)
+    out: dict[str, Any] = {**verdicts(result), "warm_rss_mib": warm / 2**20,
+                           "open_rss_mib": None, "per_stream_kib": None}
+    if seen:
+        out.update(open_rss_mib=max(seen) / 2**20,
+                   per_stream_kib=(max(seen) - warm) / streams / 1024)
+    return out
+
+
+def burst(server: Server, streams: int) -> dict[str, Any]:
+    """`streams` streams started at the same instant: time to first token."""
+    result = load(server, streams=streams, tokens=3, delay=0.5, ramp=0, timeout=120)
+    return {**verdicts(result), "ttft_p50_ms": ms(result["ttft_p50_s"]),
+            "ttft_p99_ms": ms(result["ttft_p99_s"]), "ttft_max_ms": ms(result["ttft_max_s"])}
+
+
+def capacity(server: Server, levels: list[int], open_rate: float,
+             hold: float) -> dict[str, Any]:
+    """The most concurrent slow streams completed, all exact, trying `levels` in order.
+
+    A level passes when every stream is exact and all were open at the same time; the first
+    level that fails ends the search."""
+    tried, best = [], 0
+    for n in levels:
+        ramp = n / open_rate
+        delay = 2.0
+        tokens = math.ceil((ramp + hold) / delay) + 1
+        t0 = time.monotonic()
+        result = load(server, streams=n, ramp=ramp, tokens=tokens, delay=delay,
+                      timeout=ramp + tokens * delay + 60)
+        passed = result["ok"] == n and result["peak_open"] == n
+        tried.append({**verdicts(result), "peak_open": result["peak_open"], "passed": passed,
+                      "peak_rss_mib": max((s[2] for s in server.samples if s[0] >= t0),
+                                          default=0) / 2**20,
+                      "wall_s": result["wall_s"]})
+        if not passed:
+            break
+        best = n
+    return {"max_completed": best, "levels": tried}

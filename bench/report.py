@@ -1,0 +1,185 @@
+"""The benchmark's output: the side-by-side table, the chart, and the in-process parse cost."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (("ours", "ours"), ("ours_b1", "ours b=1"), ("baseline", "baseline"))
+LABELS = {"ours": "ours", "ours_b1": "ours BUFFER_MAX_TOKENS=1", "baseline": "FastAPI baseline"}
+COLORS = {"ours": "#2a7ab9", "ours_b1": "#7fb3dc", "baseline": "#d9822b"}
+
+
+def _get(doc: dict[str, Any], *path: str) -> Any:
+    node: Any = doc
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _pair(a: float | None, b: float | None, digits: int = 0) -> str:
+    return "—" if a is None and b is None else f"{_num(a, digits)} / {_num(b, digits)}"
+
+
+def error_count(results: dict[str, Any]) -> dict[str, int]:
+    """Streams run and streams not exact, over every run of the benchmark."""
+    total = {"streams": 0, "not_exact": 0}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "streams" in node and "ok" in node:
+                total["streams"] += node["streams"]
+                total["not_exact"] += node["streams"] - node["ok"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(results)
+    return total
+
+
+def rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    res, args = doc["results"], doc["meta"]["args"]
+    n = args["rate_streams"]
+    out: list[tuple[str, list[str]]] = []
+    for rate in (res.get("cpu") or {}):
+        out.append((f"server CPU per delta, {n} streams x {rate}/s (µs)",
+                    [_num(_get(res, "cpu", rate, k, "cpu_per_delta_us")) for k, _ in COLUMNS]))
+    if "fixed" in res:
+        out.append(("server CPU per one-delta stream (ms)",
+                    [_num(_get(res, "fixed", k, "cpu_per_stream_ms"), 2) for k, _ in COLUMNS]))
+    for rate in (res.get("ttft") or {}):
+        out.append((f"added TTFT p50 / p99, {n} streams x {rate}/s (ms)",
+                    [_pair(_get(res, "ttft", rate, k, "added_ttft_p50_ms"),
+                           _get(res, "ttft", rate, k, "added_ttft_p99_ms"), 1)
+                     for k, _ in COLUMNS]))
+        out.append((f"added delay per delta, mean / p99, x {rate}/s (ms)",
+                    [_pair(_get(res, "ttft", rate, k, "added_delay_per_delta_ms"),
+                           _get(res, "ttft", rate, k, "added_delay_p99_ms"), 1)
+                     for k, _ in COLUMNS]))
+    if "memory" in res:
+        out.append((f"memory per open stream, {args['memory_streams']} open (KiB)",
+                    [_num(_get(res, "memory", k, "per_stream_kib"), 1) for k, _ in COLUMNS]))
+    for workers in ("w1", "w2") if "burst" in res else ():
+        out.append((f"burst of {args['burst_streams']}: TTFT p50 / p99, {workers[1]} "
+                    f"worker{'s' if workers == 'w2' else ''} (ms)",
+                    [_pair(_get(res, "burst", f"{k}_{workers}", "ttft_p50_ms"),
+                           _get(res, "burst", f"{k}_{workers}", "ttft_p99_ms"))
+                     for k, _ in COLUMNS]))
+    if "capacity" in res:
+        out.append(("most concurrent slow streams completed, 2 workers",
+                    [_num(_get(res, "capacity", f"{k}_w2", "max_completed")) if k != "ours_b1"
+                     else "—" for k, _ in COLUMNS]))
+    return out
+
+
+def table(doc: dict[str, Any]) -> str:
+    body = rows(doc)
+    width = max([len(label) for label, _ in body] + [10])
+    lines = [f"{'':{width}}  " + "  ".join(f"{title:>14}" for _, title in COLUMNS)]
+    lines += [f"{label:{width}}  " + "  ".join(f"{c:>14}" for c in cells) for label, cells in body]
+    parse = doc["results"].get("parse")
+    if parse:
+        lines.append(f"parse one chunk: ours {_num(parse.get('ours_us'), 1)} µs, the SDK's typed "
+                     f"chunk {_num(parse.get('sdk_us'), 1)} µs")
+    direct = _get(doc, "results", "burst", "direct")
+    if direct:
+        lines.append(f"burst straight to the simulator: TTFT p50 / p99 "
+                     f"{_pair(direct['ttft_p50_ms'], direct['ttft_p99_ms'])} ms")
+    errors = doc["errors"]
+    lines.append(f"streams checked: {errors['streams']:,}, not exact or failed: "
+                 f"{errors['not_exact']:,}; load average {doc['meta']['loadavg_start'][0]:.2f} "
+                 f"at the start, {doc['meta']['loadavg_end'][0]:.2f} at the end")
+    return "\n".join(lines)
+
+
+def chart(doc: dict[str, Any], path: Path) -> bool:
+    """A PNG of the main figures, one panel each; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    res = doc["results"]
+    panels: list[tuple[str, dict[str, float | None]]] = []
+    for rate, by in (res.get("cpu") or {}).items():
+        panels.append((f"CPU per delta, µs\n(x {rate} deltas/s)",
+                       {k: _get(by, k, "cpu_per_delta_us") for k, _ in COLUMNS}))
+    if "fixed" in res:
+        panels.append(("CPU per one-delta stream, ms",
+                       {k: _get(res, "fixed", k, "cpu_per_stream_ms") for k, _ in COLUMNS}))
+    for rate, by in (res.get("ttft") or {}).items():
+        panels.append((f"added TTFT p99, ms\n(x {rate} deltas/s)",
+                       {k: _get(by, k, "added_ttft_p99_ms") for k, _ in COLUMNS}))
+        break
+    if "memory" in res:
+        panels.append(("memory per open stream, KiB",
+                       {k: _get(res, "memory", k, "per_stream_kib") for k, _ in COLUMNS}))
+    if "burst" in res:
+        panels.append(("burst TTFT p99, ms\n(1 worker)",
+                       {k: _get(res, "burst", f"{k}_w1", "ttft_p99_ms") for k, _ in COLUMNS}))
+        panels.append(("burst TTFT p99, ms\n(2 workers)",
+                       {k: _get(res, "burst", f"{k}_w2", "ttft_p99_ms") for k, _ in COLUMNS}))
+    if "capacity" in res:
+        panels.append(("concurrent slow streams\ncompleted (2 workers)",
+                       {k: _get(res, "capacity", f"{k}_w2", "max_completed")
+                        for k, _ in COLUMNS}))
+    if not panels:
+        return False
+    cols = min(4, len(panels))
+    rows_ = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.4 * cols, 3.2 * rows_), squeeze=False)
+    for ax, (title, values) in zip(axes.flat, panels, strict=False):
+        names = [k for k, v in values.items() if v is not None]
+        bars = ax.bar(range(len(names)), [values[k] for k in names],
+                      color=[COLORS[k] for k in names])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_xticks([])
+        ax.set_title(title, fontsize=9)
+        ax.margins(y=0.15)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[k]) for k, _ in COLUMNS]
+    fig.legend(handles, [LABELS[k] for k, _ in COLUMNS], loc="lower center", ncol=3,
+               fontsize=9, frameon=False)
+    meta = doc["meta"]
+    fig.suptitle(f"flask-llm-stream vs FastAPI + uvicorn + AsyncOpenAI  ({meta['date']}, "
+                 f"{meta['cpus']} CPUs, {meta['commit']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def parse_cost(n: int = 20000) -> dict[str, float | None]:
+    """Per-chunk parse: ours (raw bytes + orjson) against the SDK's typed chunk model."""
+    from openai.types.chat import ChatCompletionChunk
+
+    raw = json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                      "model": "m", "choices": [{"index": 0, "delta": {"content": " token"},
+                                                 "finish_reason": None}]}).encode()
+    t0 = time.process_time()
+    for _ in range(n):
+        ChatCompletionChunk.model_validate(json.loads(raw))
+    sdk = (time.process_time() - t0) / n * 1e6
+    try:
+        from streaming.upstream.chunks import parse_chunk
+    except ImportError:  # the module is being reshaped: report the SDK's figure alone
+        return {"ours_us": None, "sdk_us": sdk}
+    t0 = time.process_time()
+    for _ in range(n):
+        parse_chunk(raw)
+    return {"ours_us": (time.process_time() - t0) / n * 1e6, "sdk_us": sdk}
