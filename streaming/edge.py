@@ -17,6 +17,7 @@ from flask import Response, current_app, request
 from werkzeug.wsgi import ClosingIterator
 
 from .errors import ApiError
+from .green import gevent_active
 from .manager import Following, StreamManager, owner_tag
 from .response import ClientSocket, iter_events
 from .stores import StreamMeta, UnknownStreamError
@@ -79,17 +80,45 @@ def caller(m: StreamManager) -> str | None:
 
 
 def read_json(m: StreamManager) -> Any:
-    """The request's JSON body: 413 over MAX_BODY_BYTES, 415 if not JSON, 400 if not parsable."""
+    """The request's JSON body: 413 over MAX_BODY_BYTES, 415 if not JSON, 400 if not parsable,
+    408 if it does not arrive within BODY_TIMEOUT."""
     limit = m.settings.MAX_BODY_BYTES
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
-    body = request.stream.read(limit + 1)
+    body = _read_within(limit + 1, m.settings.BODY_TIMEOUT)
     if len(body) > limit:
         raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     return parse_json(body)
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+def _read_within(size: int, timeout: float) -> bytes:
+    """Read up to `size` bytes of the body, all within `timeout` seconds (a slow sender holds
+    a connection, never a whole worker: under gevent only its greenlet waits)."""
+    sock = request.environ.get("gunicorn.socket")
+    try:
+        if gevent_active():
+            import gevent
+
+            with gevent.Timeout(timeout, _BodyTimeout):
+                return request.stream.read(size)
+        if sock is not None:
+            # Threads: a bound on each read, the closest a blocking socket offers.
+            sock.settimeout(timeout)
+        try:
+            return request.stream.read(size)
+        finally:
+            if sock is not None:
+                sock.settimeout(None)
+    except (_BodyTimeout, TimeoutError):
+        raise ApiError(408, "request_timeout",
+                       f"the body did not arrive within {timeout:g} s", close=True) from None
 
 
 def last_event_id() -> int | None:

@@ -54,12 +54,13 @@ class ApiError(StreamingError):
     """A refused request: status, the contract's error `type`, a message for a person."""
 
     def __init__(self, status: int, type: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.headers = headers or {}
+        self.close = close  # close the connection after the answer (its input is unusable)
 
 
 class StoreUnavailableError(StreamingError):

@@ -3,7 +3,9 @@ parse, hand off to the manager, return the stream."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,22 @@ def api_error(exc: ApiError) -> Response:
     response = jsonify(error={"type": exc.type, "message": exc.message})
     response.status_code = exc.status
     response.headers.update(exc.headers)
+    if exc.close:
+        close_after(response)
     return response
+
+
+def close_after(response: Response) -> None:
+    """Close the connection once `response` is sent (the server would otherwise wait for the
+    rest of a body that is not coming before reading the next request)."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        response.call_on_close(lambda: _shutdown(sock))
+
+
+def _shutdown(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def store_unavailable_error() -> ApiError:

@@ -1,0 +1,196 @@
+"""Hostile and careless clients against the running service under gunicorn: bodies that never
+arrive, sockets that never read, methods that would open streams, retried POSTs, odd ids.
+Each asserts the contract's answer and that the upstream was not touched where it must not be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import Service, openai_env, sim_prompt
+from sseclient import attach, collect, request, start, text_of
+
+
+@pytest.fixture(scope="module")
+def service(upstream: Any) -> Iterator[Service]:
+    svc = Service(openai_env(upstream, HEARTBEAT_INTERVAL=1, BODY_TIMEOUT=1, SEND_TIMEOUT=2,
+                             RESUME_GRACE=1, STREAM_TTL=30, API_KEYS="key-a,key-b",
+                             # Room for a request that scripts a long answer.
+                             MAX_BODY_BYTES=16 * 2**20))
+    yield svc
+    svc.stop()
+
+
+AUTH_A = {"Authorization": "Bearer key-a"}
+AUTH_B = {"Authorization": "Bearer key-b"}
+
+
+def body(**script: Any) -> dict[str, Any]:
+    return {"messages": sim_prompt(**script)}
+
+
+def worker_pid(svc: Service) -> int:
+    out = subprocess.run(["pgrep", "-P", str(svc.proc.pid)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raw_connect(svc: Service, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", svc.port))
+    sock.settimeout(30)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_body_that_never_arrives_gets_408_and_a_closed_connection(service: Service,
+                                                                    sim: Any) -> None:
+    sock = raw_connect(service)
+    payload = json.dumps(body(tokens=2)).encode()
+    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                 + payload[:10])
+    started = time.monotonic()
+    answer = read_until_closed(sock)  # the server closes it: recv returns b""
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert time.monotonic() - started < 10
+    assert sim.requests == []  # refused: never reached the upstream
+
+
+def test_a_slow_body_does_not_delay_other_streams(service: Service, sim: Any) -> None:
+    slow = raw_connect(service)
+    slow.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{")
+    events = collect(start(service.url, body(tokens=3), AUTH_A))
+    assert text_of(events) == "t0 t1 t2 "
+    assert read_until_closed(slow).startswith(b"HTTP/1.1 408 ")
+    slow.close()
+
+
+def test_a_client_that_never_reads_is_dropped_after_send_timeout(service: Service,
+                                                                 sim: Any) -> None:
+    pid = worker_pid(service)
+    collect(start(service.url, body(tokens=1), AUTH_A))  # warm: the upstream pool is open
+    before = open_fds(pid)
+    sim.reset()
+    # A long, fast answer into a socket that is never read: its buffers fill in a moment.
+    big = ["x" * 20000 + " "] * 400  # 8 MB: more than both sides' socket buffers hold
+    sock = raw_connect(service, rcvbuf=4096)
+    # Then the upstream stalls: the stream runs on until its last client is gone.
+    payload = json.dumps(body(tokens=big, delay=0, stall_after=len(big))).encode()
+    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                 + payload)
+    assert sim.wait_for_requests(1, 10)
+    record = sim.requests[0]
+    # Meanwhile other streams go on untouched.
+    assert text_of(collect(start(service.url, body(tokens=3), AUTH_A))) == "t0 t1 t2 "
+    # SEND_TIMEOUT (2 s) after its socket filled, the service gives up on it: with nobody
+    # else following, RESUME_GRACE (1 s) later the upstream request is closed.
+    assert record.wait_closed(30), "the stuck client still holds its stream"
+    assert record.outcome != "completed"
+    sock.close()
+    deadline = time.monotonic() + 10
+    while open_fds(pid) > before and time.monotonic() < deadline:
+        time.sleep(0.1)  # the worker closes its side asynchronously: poll its fd table
+    assert open_fds(pid) <= before
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_on_a_stream_path_get_405_and_open_nothing(service: Service, sim: Any,
+                                                                 method: str) -> None:
+    events = collect(start(service.url, body(tokens=1), AUTH_A))
+    stream_id = events[0].json["stream_id"]
+    sim.reset()
+    for path in (f"/api/chat/stream/{stream_id}", "/api/chat/stream",
+                 f"/api/chat/stream/{stream_id}/cancel"):
+        status, _, _ = request(service.url, method, path, headers=AUTH_A)
+        assert status == 405, (method, path)
+    assert sim.requests == []
+
+
+def test_an_idempotency_key_attaches_a_retried_post_to_its_stream(service: Service,
+                                                                  sim: Any) -> None:
+    headers = {**AUTH_A, "Idempotency-Key": "retry-me-1"}
+    script = body(tokens=[f"w{i} " for i in range(20)], delay=0.02)
+    first = start(service.url, script, headers)
+    stream_id = first.headers["X-Stream-Id"]
+    first_events = collect(first)
+    again = start(service.url, script, headers)
+    assert again.headers["X-Stream-Id"] == stream_id
+    assert [e.data for e in collect(again)] == [e.data for e in first_events]
+    assert len(sim.requests) == 1  # one generation paid for
+    # After an id the client has, only what follows; at the end, 204.
+    tail = collect(start(service.url, script, {**headers, "Last-Event-ID": "3"}))
+    assert tail[0].id == "4"
+    past = start(service.url, script, {**headers, "Last-Event-ID": first_events[-2].id or ""})
+    assert past.status == 204
+    past.conn.close()
+    # The same key with another body: 422; another API key: its own namespace.
+    status, _, raw = request(service.url, "POST", "/api/chat/stream", body(tokens=2), headers)
+    assert status == 422 and b"Idempotency-Key" in raw
+    other = start(service.url, script, {**AUTH_B, "Idempotency-Key": "retry-me-1"})
+    assert other.headers["X-Stream-Id"] != stream_id
+    collect(other)
+    assert len(sim.requests) == 2
+
+
+@pytest.mark.parametrize("key", ["", "a" * 129, "has space", "tab\there", "é"])
+def test_a_malformed_idempotency_key_is_refused(service: Service, sim: Any, key: str) -> None:
+    status, _, raw = request(service.url, "POST", "/api/chat/stream", body(tokens=1),
+                             {**AUTH_A, "Idempotency-Key": key.encode("latin-1", "replace")
+                              .decode("latin-1")})
+    assert status == 422 and b"Idempotency-Key" in raw
+    assert sim.requests == []
+
+
+def test_the_resume_token_opens_that_stream_and_nothing_else(service: Service,
+                                                             sim: Any) -> None:
+    first = collect(start(service.url, body(tokens=3), AUTH_A))
+    stream_id, token = first[0].json["stream_id"], first[0].json["resume_token"]
+    other = collect(start(service.url, body(tokens=1), AUTH_A))
+    other_id = other[0].json["stream_id"]
+    # A browser EventSource sends no Authorization header: the token stands in for the key.
+    again = collect(attach(service.url, f"{stream_id}?token={token}"))
+    assert text_of(again) == "t0 t1 t2 "
+    for path in (f"/api/chat/stream/{other_id}?token={token}",
+                 f"/api/chat/stream/{stream_id}?token=wrong"):
+        status, _, _ = request(service.url, "GET", path)
+        assert status == 404
+    status, _, _ = request(service.url, "GET", f"/api/chat/stream/{stream_id}")
+    assert status == 401
+    # Not a key: it cannot cancel, nor start anything.
+    status, _, _ = request(service.url, "POST",
+                           f"/api/chat/stream/{stream_id}/cancel?token={token}")
+    assert status == 401
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "abc", "0x10", " ", "1e3", "١٢"])
+def test_odd_last_event_ids_get_400(service: Service, sim: Any, value: str) -> None:
+    first = collect(start(service.url, body(tokens=1), AUTH_A))
+    stream_id = first[0].json["stream_id"]
+    status, _, raw = request(service.url, "GET", f"/api/chat/stream/{stream_id}",
+                             headers={**AUTH_A, "Last-Event-ID": value.encode().decode("latin-1")})
+    assert status == 400, raw
