@@ -436,6 +436,34 @@ def test_chats_belong_to_their_key(service_factory: Any, sim: Any) -> None:
     assert parts(collect(stream))[-1]["type"] == "abort"
 
 
+def test_chats_across_workers_with_redis(service_factory: Any, sim: Any,
+                                        redis_server: Any) -> None:
+    # Two workers on one Redis: each request may land on either, as behind a load balancer.
+    service = service_factory(openai_env(sim, REDIS_URL=redis_server.url, IDLE_TIMEOUT=10,
+                                         REDIS_PREFIX=f"aisdk-{time.monotonic_ns()}:"),
+                              workers=2)
+    first = open_stream(service.url + "/api/chat", "POST",
+                        chat_body("redis-1", tokens=50, stall_after=2))
+    seen = read_until(first, "t0 t1 ")
+    for _ in range(6):
+        resumed = open_stream(service.url + "/api/chat/redis-1/stream")
+        assert resumed.status == 200
+        assert [e.data for e in read_until(resumed, "t0 t1 ")] == [e.data for e in seen]
+        resumed.close()
+    second = open_stream(service.url + "/api/chat", "POST",
+                         chat_body("redis-1", tokens=50, stall_after=2))
+    read_until(second, "t0 t1 ")
+    assert sim.requests[0].wait_closed(5)
+    assert parts(collect(first))[-1] == {"type": "abort", "reason": "cancelled"}
+    asked = time.monotonic()
+    status, _, _ = request(service.url, "POST", "/api/chat/redis-1/stop", {})
+    assert status == 200 and sim.requests[1].wait_closed(5)
+    assert sim.requests[1].closed_at - asked < 1.0
+    assert parts(collect(second))[-1]["type"] == "abort"
+    for _ in range(4):
+        assert request(service.url, "GET", "/api/chat/redis-1/stream")[0] == 204
+
+
 # -- the browser: useChat({ resume: true }) in a React page --------------------------------
 
 class _Site(ThreadingHTTPServer):
