@@ -4,10 +4,14 @@ get no CORS header at all. Over real sockets against the service under gunicorn.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from browser import CHROMIUM, launch
 from conftest import Service
 from flask import Flask
 from sseclient import collect, request, start, text_of
@@ -228,3 +232,101 @@ def test_mounted_in_another_app_under_a_prefix() -> None:
                                                      "Access-Control-Request-Method": "POST"}),
                      client.post("/own", headers={"Origin": ORIGIN})):
         assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- In Chromium: what a page on an allowed origin can do, and one elsewhere cannot.
+
+BROWSER_SCRIPT = """async ([base, key]) => {
+  const auth = {Authorization: `Bearer ${key}`};
+  const out = {};
+  try {
+    // Every header a client may send, plus an OpenAI SDK's own: the preflight allows them.
+    const started = await fetch(`${base}/api/chat/stream`, {method: "POST", body: JSON.stringify(
+      {messages: [{role: "user", content: "hi"}]}), headers: {...auth,
+      "Content-Type": "application/json", "Idempotency-Key": "cors-idem-1",
+      "X-Stainless-OS": "Linux"}});
+    out.status = started.status;
+    out.id = started.headers.get("X-Stream-Id");
+    out.text = await started.text();
+    const resumed = await fetch(`${base}/api/chat/stream/${out.id}`,
+                                {headers: {...auth, "Last-Event-ID": "0"}});
+    out.resumedStatus = resumed.status;
+    out.resumed = await resumed.text();
+    // EventSource sends no key: the start event's resume token stands in for it.
+    const start = JSON.parse(out.text.split("\\n").find(l => l.startsWith("data: ")).slice(6));
+    out.eventSource = await new Promise(resolve => {
+      const seen = [];
+      const source = new EventSource(
+        `${base}/api/chat/stream/${out.id}?token=${start.resume_token}`);
+      source.onmessage = e => {
+        seen.push(e.data);
+        if (e.data === "[DONE]") { source.close(); resolve(seen); }
+      };
+      source.onerror = () => { source.close(); resolve(seen.concat(["error"])); };
+    });
+  } catch (error) {
+    out.error = String(error);
+  }
+  return out;
+}"""
+
+
+class _Page(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>app</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def page_origin() -> Iterator[str]:
+    """An origin serving an empty page from loopback (Chromium lets a page reach loopback
+    addresses only from loopback)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian's Chromium is needed at {CHROMIUM}")
+def test_cross_origin_pages_in_chromium() -> None:
+    from playwright.sync_api import sync_playwright
+
+    with page_origin() as allowed, page_origin() as other:
+        service = Service({"CORS_ORIGINS": allowed, "API_KEYS": KEY,
+                           "SIMULATED_TOKENS_PER_SECOND": 2000})
+        try:
+            with sync_playwright() as p:
+                browser = launch(p)
+                try:
+                    results = {}
+                    for origin in (allowed, other):
+                        page = browser.new_context().new_page()
+                        page.goto(f"{origin}/")
+                        results[origin] = page.evaluate(BROWSER_SCRIPT, [service.url, KEY])
+                finally:
+                    browser.close()
+        finally:
+            service.stop()
+
+    ok = results[allowed]
+    assert "error" not in ok, ok
+    assert ok["status"] == 200 and ok["id"]
+    assert ok["text"].endswith("data: [DONE]\n\n")
+    assert ok["resumedStatus"] == 200
+    assert "id: 0\n" not in ok["resumed"] and "id: 1\n" in ok["resumed"]
+    assert ok["eventSource"][-1] == "[DONE]" and "error" not in ok["eventSource"]
+    # Elsewhere the preflight fails: the request is never made, the page learns nothing.
+    assert results[other] == {"error": "TypeError: Failed to fetch"}
