@@ -6,6 +6,7 @@ the request's fields are checked here, the chunks are `formats/openai.py`'s.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, cast
 
@@ -17,6 +18,7 @@ from . import edge
 from .errors import ApiError, StoreUnavailableError
 from .formats.openai import assemble, error_type
 from .manager import StreamManager
+from .stores import StreamMeta
 from .validation import check_max_tokens, check_messages, choose_model
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class _Request(BaseModel):
 
 # Read by the service, not passed on: the upstream is always asked to stream, with usage.
 _OWN_FIELDS = frozenset({"messages", "model", "stream", "stream_options", "n"})
+# A body field as the shared checks name it ("max_tokens", "messages.0.content"), not a header.
+_FIELD_PATH = re.compile(r"^[a-z_]+(\.[A-Za-z0-9_]+)*$")
 
 
 class V1Error(ApiError):
@@ -85,7 +89,7 @@ def api_error(exc: ApiError) -> Response:
     if param is None and exc.status == 422:
         # The shared checks name the field first: "messages.0.content: ..."
         head, sep, _ = exc.message.partition(": ")
-        param = head if sep and " " not in head else None
+        param = head if sep and _FIELD_PATH.match(head) else None
     # OpenAI's own code for a missing or wrong key, which clients may look for.
     code = "invalid_api_key" if exc.status == 401 else exc.type
     return _error(exc.status, exc.message, code, param, exc.headers)
@@ -195,7 +199,7 @@ def models() -> Response:
         for name in names])
 
 
-def _find(m: StreamManager, stream_id: str) -> Any:
+def _find(m: StreamManager, stream_id: str) -> StreamMeta:
     meta = edge.find(m, stream_id, edge.authenticate(m))
     if meta.format != FORMAT:
         # Its events are in another format: this path could not serve them.
@@ -221,9 +225,12 @@ def parse_request(raw: Any, m: StreamManager) -> tuple[dict[str, Any], _Request]
     try:
         fields = _Request.model_validate({k: v for k, v in raw.items() if k != "messages"})
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in error["loc"] if not _is_branch(p))
-        raise V1Error(422, f"{param}: {error['msg']}", param or None) from None
+        errors = [(".".join(str(p) for p in e["loc"] if not _is_branch(p)), e["msg"])
+                  for e in exc.errors(include_url=False)]
+        param = errors[0][0]
+        # A union (stop: a string or a list) fails once per branch: say what each wanted.
+        wanted = " or ".join(dict.fromkeys(msg for where, msg in errors if where == param))
+        raise V1Error(422, f"{param}: {wanted}", param or None) from None
     if fields.stream_options is not None and not fields.stream:
         raise V1Error(422, "stream_options: only allowed when stream is true", "stream_options")
     check_max_tokens(fields.max_tokens, settings)

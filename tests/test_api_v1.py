@@ -23,6 +23,11 @@ from sseclient import Comment, Event, collect, open_stream, request
 from tcpproxy import TCPProxy
 from upstream_sim import DEFAULT_TEXT, SECRET
 
+from streaming import formats
+from streaming.events import Done, Failed, Reasoning, Start, Token, ToolCall
+from streaming.formats.openai import assemble
+from streaming.stores import StreamMeta
+
 KEY = "v1-test-key-0123456789"
 TOOLS = [{"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
          {"name": "get_time", "arguments": '{"tz": "Europe/Paris"}'}]
@@ -107,7 +112,7 @@ def test_openai_fields_are_passed_on(client: openai.OpenAI, sim: Any) -> None:
         "metadata": {"team": "a"},
     }
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    completion = client.chat.completions.create(model="sim-model-large", messages=messages,  # type: ignore[arg-type]
+    completion = client.chat.completions.create(model="sim-model-large", messages=messages,
                                                 n=1, **fields)
     assert completion.choices[0].message.content == DEFAULT_TEXT
     (record,) = sim.requests
@@ -124,11 +129,11 @@ def test_usage_tool_calls_and_reasoning_async(service: Service, sim: Any) -> Non
             messages = sim_prompt(reasoning=["Let me ", "think."], tokens=["Calling."],
                                   tool_calls=TOOLS)
             stream = await client.chat.completions.create(
-                model="sim-model", messages=messages, stream=True,  # type: ignore[arg-type]
+                model="sim-model", messages=messages, stream=True,
                 stream_options={"include_usage": True})
             with_usage = [chunk async for chunk in stream]
             stream = await client.chat.completions.create(
-                model="sim-model", messages=sim_prompt(tokens=3), stream=True,  # type: ignore[arg-type]
+                model="sim-model", messages=sim_prompt(tokens=3), stream=True,
                 stream_options={"include_usage": False})
             without = [chunk async for chunk in stream]
             return with_usage, without
@@ -181,7 +186,7 @@ def test_non_streamed_completion(client: openai.OpenAI, sim: Any) -> None:
         async with openai.AsyncOpenAI(base_url=str(client.base_url), api_key=KEY,
                                       max_retries=0) as aclient:
             return await aclient.chat.completions.create(
-                model="sim-model", messages=sim_prompt(tokens=10), max_tokens=4)  # type: ignore[arg-type]
+                model="sim-model", messages=sim_prompt(tokens=10), max_tokens=4)
 
     short = asyncio.run(run())
     assert short.choices[0].message.content == "t0 t1 t2 t3 "
@@ -230,7 +235,7 @@ def test_errors_end_the_stream_with_an_error_object(client: openai.OpenAI, servi
     seen: list[ChatCompletionChunk] = []
     with pytest.raises(openai.APIError) as caught:
         for chunk in client.chat.completions.create(
-                model="sim-model", messages=sim_prompt(**script), stream=True):  # type: ignore[arg-type]
+                model="sim-model", messages=sim_prompt(**script), stream=True):
             seen.append(chunk)
     assert content(seen) == "t0 t1 "
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == code
@@ -316,9 +321,9 @@ def test_refusals_raise_the_sdks_exceptions(client: openai.OpenAI, service: Serv
     hi = [{"role": "user", "content": "Hi"}]
     with openai.OpenAI(base_url=service.url + "/v1", api_key="wrong", max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError) as caught:
-            bad.chat.completions.create(model="sim-model", messages=hi)  # type: ignore[arg-type]
+            bad.chat.completions.create(model="sim-model", messages=hi)
         assert caught.value.status_code == 401
-        assert caught.value.body == {"message": caught.value.body["message"],  # type: ignore[index]
+        assert caught.value.body == {"message": caught.value.body["message"],
                                      "type": "invalid_request_error", "param": None,
                                      "code": "invalid_api_key"}
     with pytest.raises(openai.NotFoundError):
@@ -355,13 +360,13 @@ def test_too_many_streams_is_a_rate_limit_error(service_factory: Any, sim: Any) 
                                      IDLE_TIMEOUT=5))
     with openai.OpenAI(base_url=svc.url + "/v1", api_key="any", max_retries=0) as client:
         running = client.chat.completions.create(
-            model="sim-model", messages=sim_prompt(tokens=5, stall_after=1), stream=True)  # type: ignore[arg-type]
+            model="sim-model", messages=sim_prompt(tokens=5, stall_after=1), stream=True)
         with running:
             assert content([next(running), next(running)]) == "t0 "
             with pytest.raises(openai.RateLimitError) as caught:
-                client.chat.completions.create(model="sim-model", messages=sim_prompt(tokens=1))  # type: ignore[arg-type]
+                client.chat.completions.create(model="sim-model", messages=sim_prompt(tokens=1))
             assert caught.value.response.headers["Retry-After"] == "1"
-            assert caught.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+            assert caught.value.body["type"] == "rate_limit_error"
     assert len(sim.requests) == 1
 
 
@@ -460,3 +465,89 @@ def test_the_openai_npm_package(service: Service, sim: Any) -> None:
                              "code": "upstream_error", "isAPIError": True}
     assert out["wrongKey"] == {"thrown": True, "name": "AuthenticationError", "status": 401,
                                "isAuth": True}
+
+
+# -- the format module itself: exact bytes, no service ----------------------------------------
+
+HEAD = '"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1700000000,"model":"m"'
+
+
+def chunk_bytes(seq: int, delta: str, finish: str = "null") -> bytes:
+    return (f'id: {seq}\ndata: {{{HEAD},"choices":[{{"index":0,"delta":{delta},'
+            f'"logprobs":null,"finish_reason":{finish}}}]}}\n\n').encode()
+
+
+def usage_bytes(seq: int, usage: str) -> bytes:
+    return f'id: {seq}\ndata: {{{HEAD},"choices":[],"usage":{usage}}}\n\n'.encode()
+
+
+def error_bytes(seq: int, message: str, kind: str, code: str) -> bytes:
+    return (f'id: {seq}\ndata: {{"error":{{"message":"{message}","type":"{kind}",'
+            f'"code":"{code}"}}}}\n\n').encode()
+
+
+USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+
+
+@pytest.mark.parametrize(
+    ("event", "include_usage", "expected"),
+    [
+        (Start("s1", "m", "tok", 1700000000), False,
+         [chunk_bytes(7, '{"role":"assistant","content":""}')]),
+        (Token("a\u2028b", 0), False, [chunk_bytes(7, '{"content":"a\\u2028b"}')]),
+        (Reasoning("hm"), False, [chunk_bytes(7, '{"reasoning_content":"hm"}')]),
+        (ToolCall(0, "c1", "f", ""), False, [chunk_bytes(
+            7, '{"tool_calls":[{"index":0,"id":"c1","type":"function",'
+               '"function":{"name":"f","arguments":""}}]}')]),
+        (ToolCall(1, arguments='{"a'), False, [chunk_bytes(
+            7, '{"tool_calls":[{"index":1,"function":{"arguments":"{\\"a"}}]}')]),
+        (Done("stop", USAGE), False, [chunk_bytes(7, "{}", '"stop"')]),
+        (Done("length", USAGE), True, [
+            chunk_bytes(7, "{}", '"length"'),
+            usage_bytes(8, '{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}')]),
+        (Done("stop", None), True, [
+            chunk_bytes(7, "{}", '"stop"'), usage_bytes(8, "null")]),
+        (Done("cancelled", USAGE), True,
+         [error_bytes(7, "the answer was cancelled", "cancelled", "cancelled")]),
+        (Failed("timeout", "too slow"), True,
+         [error_bytes(7, "too slow", "server_error", "timeout")]),
+        (Failed("rate_limited", "slow down", 2.0), False,
+         [error_bytes(7, "slow down", "rate_limit_error", "rate_limited")]),
+    ],
+    ids=["start", "token-escaped", "reasoning", "tool-call-first", "tool-call-fragment", "done",
+         "done-usage", "done-no-usage-known", "cancelled", "failed", "rate-limited"],
+)
+def test_encoder_bytes(event: Any, include_usage: bool, expected: list[bytes]) -> None:
+    meta = StreamMeta("s1", None, "m", "openai", "tok", "w", 1700000000.9,
+                      {"include_usage": include_usage})
+    encoder = formats.get("openai").encoder(meta, 7)
+    assert encoder.encode([event]) == expected
+    assert encoder.seq == 7 + len(expected)
+
+
+def test_assemble_adds_the_chunks_up() -> None:
+    meta = StreamMeta("s1", None, "m", "openai", "tok", "w", 1700000000.0,
+                      {"include_usage": True})
+    encoder = formats.get("openai").encoder(meta)
+    body = [b"retry: 1000\n: ping\n", *encoder.encode([
+        Start("s1", "m", "tok", 1700000000), Reasoning("Hm. "), Reasoning("Yes."),
+        Token("Hello ", 0), ToolCall(0, "c1", "f", ""), ToolCall(0, arguments='{"a":'),
+        ToolCall(1, "c2", "g", "{}"), ToolCall(0, arguments="1}"), Token("world", 1),
+        Done("tool_calls", USAGE)]), b": ping\n", b"data: [DONE]\n\n"]
+    completion = assemble(body)
+    assert completion.status() == 200
+    assert completion.body() == {
+        "id": "chatcmpl-s1", "object": "chat.completion", "created": 1700000000, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
+            "role": "assistant", "content": "Hello world", "refusal": None,
+            "reasoning_content": "Hm. Yes.", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
+                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}}],
+        "usage": USAGE}
+    ChatCompletion.model_validate(completion.body(), strict=True)
+    failed = assemble(encoder.encode([Failed("upstream_auth", "no")]))
+    assert failed.status() == 502
+    assert failed.body() == {"error": {"message": "no", "type": "server_error", "param": None,
+                                       "code": "upstream_auth"}}
+    assert assemble(formats.get("openai").encoder(meta).encode(
+        [Done("cancelled")])).status() == 409

@@ -33,13 +33,13 @@ def error_type(status: int) -> str:
     """OpenAI's error `type` for an HTTP status: its two broad kinds, plus rate limits."""
     if status == 429:
         return "rate_limit_error"
-    if status == 409:
-        return "cancelled"
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def error_object(code: str, message: str) -> dict[str, Any]:
-    return {"message": message, "type": error_type(STATUS.get(code, 500)), "code": code}
+    """The error of a stream that ended in one; `code` is the native one, or `cancelled`."""
+    kind = CANCELLED if code == CANCELLED else error_type(STATUS.get(code, 500))
+    return {"message": message, "type": kind, "code": code}
 
 
 class OpenAIEncoder:
