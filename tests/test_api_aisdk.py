@@ -576,9 +576,22 @@ def test_use_chat_resumes_after_a_reload_exactly_once(site: _Site, sim: Any) -> 
             assert reply.text_content() == expected  # not doubled
             assert expected.startswith(before) and before != expected
             assert page.text_content("#error") == ""
+            assert len(sim.requests) == 1  # one generation: the reload resumed, never re-sent
+            assert ("GET", "/api/chat/react-1/stream", 200) in site.log
+            assert [e for e in site.log if e[0] == "POST"] == [("POST", "/api/chat", 200)]
+            # The page's Stop button posts to the stop endpoint: the generation ends.
+            page.fill("#prompt", sim_text(tokens=50, stall_after=3))
+            page.click("#send")
+            page.wait_for_function(
+                "() => document.querySelectorAll('.message.assistant')[1]?.textContent"
+                " === 't0 t1 t2 '", timeout=20_000)
+            clicked = time.monotonic()
+            page.click("#stop")
+            assert sim.requests[1].wait_closed(5)
+            assert sim.requests[1].closed_at - clicked < 1.0
+            page.wait_for_function("() => document.querySelector('#status').textContent"
+                                   " === 'ready'", timeout=10_000)
+            assert ("POST", "/api/chat/react-1/stop", 200) in site.log
             assert errors == []
         finally:
             browser.close()
-    assert len(sim.requests) == 1  # one generation: the reload resumed it, never re-sent it
-    assert ("GET", "/api/chat/react-1/stream", 200) in site.log
-    assert [entry for entry in site.log if entry[0] == "POST"] == [("POST", "/api/chat", 200)]

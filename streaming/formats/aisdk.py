@@ -193,8 +193,9 @@ def parse_request(raw: Any, settings: Settings) -> tuple[str, dict[str, Any], di
     last = ui[-1]
     # A request that continues an assistant message (a client-side tool result) gets its
     # parts added to that message: the SDK matches the message by this id.
-    if last.get("role") == "assistant" and isinstance(last.get("id"), str) and last["id"]:
-        options["message_id"] = last["id"][:256]
+    if last.get("role") == "assistant" and isinstance(last.get("id"), str) \
+            and 0 < len(last["id"]) <= 256:
+        options["message_id"] = last["id"]
     return chat_id, params, options
 
 
