@@ -198,8 +198,10 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     if not _WHOLE_NUMBER.match(value):
         raise ApiError(400, "invalid_last_event_id",
                        "Last-Event-ID must be a whole number, 0 or more")
-    # Any whole number is valid; past the last event it means "only what comes after".
-    return int(value) if len(value) < 19 else _PAST_ANY_STREAM
+    # Any whole number is valid; past the last event it means "only what comes after". Leading
+    # zeros change nothing; the length check keeps int() off huge digit strings.
+    digits = value.lstrip("0") or "0"
+    return int(digits) if len(digits) < 19 else _PAST_ANY_STREAM
 
 
 def _check_image_url(url: str, allowed: list[str], where: str) -> None:

@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 from streaming.errors import ApiError
 from streaming.formats import sse
 from streaming.settings import Settings
-from streaming.validation import MAX_JSON_DEPTH, check_messages, parse_chat_request, parse_json
+from streaming.validation import (
+    MAX_JSON_DEPTH,
+    check_messages,
+    parse_chat_request,
+    parse_json,
+    parse_last_event_id,
+)
 
 # Small runs: the whole file takes a few seconds; the strategies aim at the edges instead.
 FAST = settings(max_examples=100, deadline=None,
@@ -291,3 +297,20 @@ def test_parse_json_only_ever_refuses_with_an_api_error(body: bytes) -> None:
         parse_json(body)
     except ApiError as error:
         assert error.status in (400, 422)
+
+
+@FAST
+@given(value=st.one_of(
+    model_text,
+    st.builds(lambda pad, n, zeros, tail: f"{pad}{'0' * zeros}{n}{tail}",
+              st.sampled_from(["", " ", "\t"]), st.integers(0, 10**30), st.integers(0, 30),
+              st.sampled_from(["", " ", "\n", "x", "\u0663"]))))
+def test_last_event_id_is_a_whole_number_or_a_400(value: str) -> None:
+    try:
+        cursor = parse_last_event_id(value, None)
+    except ApiError as error:
+        assert error.status == 400
+        assert not (value.strip().isascii() and value.strip().isdigit())
+        return
+    assert cursor is not None and cursor >= 0
+    assert cursor == int(value.strip()) or (cursor == 2**62 and int(value.strip()) >= 10**18)

@@ -128,6 +128,8 @@ def test_invalid_json_is_400(body: bytes) -> None:
         (None, "3", 3),
         ("5", "9", 5),  # the header wins, as a browser's EventSource sends it
         ("9" * 40, None, 2**62),  # still a whole number: past the end of any stream
+        ("0" * 40 + "7", None, 7),  # leading zeros change nothing
+        ("0" * 19, None, 0),
     ],
 )
 def test_last_event_id(header: str | None, query: str | None, expected: int | None) -> None:
