@@ -67,6 +67,9 @@ class _Request(BaseModel):
 
 # Read by the service, not passed on: the upstream is always asked to stream, with usage.
 _OWN_FIELDS = frozenset({"messages", "model", "stream", "stream_options", "n"})
+# Ends that a retry of the same request cannot change: a cancel was meant, and the upstream
+# refusing the service's key will refuse it again.
+_FINAL = frozenset({"cancelled", "upstream_auth"})
 # A body field as the shared checks name it ("max_tokens", "messages.0.content"), not a header.
 _FIELD_PATH = re.compile(r"^[a-z_]+(\.[A-Za-z0-9_]+)*$")
 
@@ -142,6 +145,7 @@ def chat_completions() -> Response:
 
 def _whole(m: StreamManager, params: dict[str, Any], owner: str | None) -> Response:
     """Relay the answer as a stream, read it here to its end, and answer it in one piece."""
+    # "whole" keeps an Idempotency-Key from matching a streamed request with the same fields.
     stream = edge.start(m, params, owner, fmt=FORMAT,
                         options={"include_usage": True, "whole": True})
     stream_id = stream.headers.get("X-Stream-Id")
@@ -164,8 +168,8 @@ def _whole(m: StreamManager, params: dict[str, Any], owner: str | None) -> Respo
     response = jsonify(completion.body())
     response.status_code = completion.status()
     response.headers["X-Stream-Id"] = stream_id
-    if response.status_code == 409:
-        # A cancel stops a generation on purpose; OpenAI's SDKs retry 409 unless told not to.
+    if completion.error is not None and completion.error.get("code") in _FINAL:
+        # OpenAI's SDKs retry 409 and 5xx unless told not to.
         response.headers["x-should-retry"] = "false"
     return response
 

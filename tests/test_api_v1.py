@@ -390,15 +390,17 @@ def test_non_streamed_status_follows_the_terminal_event(service: Service, sim: A
     error = json.loads(raw)["error"]
     assert error["code"] == code and error["message"] and error["param"] is None
     assert error["type"] == ("rate_limit_error" if status == 429 else "server_error")
+    # The SDKs retry 429 and 5xx; not an upstream refusing the service's key.
+    assert headers.get("x-should-retry") == ("false" if code == "upstream_auth" else None)
     assert SECRET.encode() not in raw
 
 
-def raw_post(service: Service, body: dict[str, Any]) -> socket.socket:
+def raw_post(service: Service, body: dict[str, Any], extra: bytes = b"") -> socket.socket:
     """A non-streamed request on a socket of our own: to time its first byte, or to leave."""
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                 b"Content-Type: application/json\r\nAuthorization: Bearer " + KEY.encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + extra
+                 + b"Content-Type: application/json\r\nAuthorization: Bearer " + KEY.encode()
                  + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
     return sock
 
@@ -422,12 +424,22 @@ def test_non_streamed_writes_nothing_before_the_end(service: Service, sim: Any) 
 
 def test_non_streamed_departure_cancels_at_once(service: Service, sim: Any) -> None:
     # The upstream is closed at once, not after RESUME_GRACE (10 s) or a timeout (2 s, 3 s).
-    with raw_post(service, {"messages": sim_prompt(tokens=50, stall_after=2)}):
+    body = {"messages": sim_prompt(tokens=50, stall_after=2)}
+    with raw_post(service, body, b"Idempotency-Key: whole-1\r\n"):
         assert sim.wait_for_requests(1, 5)
         (record,) = sim.requests
         left = time.monotonic()
     assert record.wait_closed(5)
     assert record.closed_at - left < 1.0
+    # The same request again with its Idempotency-Key finds that stream, cancelled: 409, and
+    # the SDKs are told not to retry it.
+    status, headers, raw = request(service.url, "POST", "/v1/chat/completions", body,
+                                   auth(**{"Idempotency-Key": "whole-1"}))
+    assert status == 409 and headers["x-should-retry"] == "false"
+    assert json.loads(raw)["error"] == {"message": "the answer was cancelled",
+                                        "type": "cancelled", "param": None,
+                                        "code": "cancelled"}
+    assert len(sim.requests) == 1
 
 
 def test_resume_refuses_streams_of_another_format(service: Service, sim: Any) -> None:
