@@ -38,7 +38,8 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+# The path without its query: a resume URL carries the stream's resume token (`?token=`).
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 
 # Never --preload: the app (and its openai client) must be built in each worker after gevent
 # patches the standard library.

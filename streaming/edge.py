@@ -19,7 +19,7 @@ from werkzeug.wsgi import ClosingIterator
 from .errors import ApiError
 from .green import gevent_active
 from .manager import Following, StreamManager, owner_tag
-from .response import ClientSocket, iter_events
+from .response import ClientSocket, Delivery, iter_events
 from .stores import StreamMeta, UnknownStreamError
 from .validation import parse_json, parse_last_event_id
 
@@ -198,6 +198,7 @@ def attach_response(m: StreamManager, meta: StreamMeta, cursor: int | None,
         # The client has everything: 204 stops a browser EventSource from reconnecting.
         return Response(status=204)
     following = m.follow(meta.stream_id, meta.owner)
+    m.metrics.resumes.inc()
     return stream_response(m, meta.stream_id, cursor, following, headers)
 
 
@@ -207,8 +208,21 @@ def stream_response(m: StreamManager, stream_id: str, cursor: int, following: Fo
     try:
         client = ClientSocket(request.environ, lambda: m.store.wake(stream_id),
                               m.settings.SEND_TIMEOUT)
+        send_timeout = m.settings.SEND_TIMEOUT
+        metrics = m.metrics
+
+        def ended(delivery: Delivery) -> None:
+            metrics.clients_attached.dec()
+            metrics.bytes_sent.inc(delivery.bytes)
+            if delivery.heartbeats:
+                metrics.heartbeats.inc(delivery.heartbeats)
+            if not delivery.complete:
+                metrics.disconnects.labels(cause=_departure(delivery, client.gone,
+                                                            send_timeout)).inc()
+
         body = iter_events(m.store, stream_id, cursor, m.settings.HEARTBEAT_INTERVAL,
-                           gone=lambda: client.gone)
+                           gone=lambda: client.gone, on_start=metrics.clients_attached.inc,
+                           on_end=ended)
         closers: list[Callable[[], None]] = [client.close, following.release]
         response = Response(ClosingIterator(body, closers), status=200,
                             content_type="text/event-stream; charset=utf-8")
@@ -220,3 +234,15 @@ def stream_response(m: StreamManager, stream_id: str, cursor: int, following: Fo
     if headers:
         response.headers.update(headers)
     return response
+
+
+def _departure(delivery: Delivery, gone: bool, send_timeout: float) -> str:
+    """Why a response ended before [DONE]."""
+    if gone:
+        return "client_closed"
+    if delivery.writing_since is None:
+        return "expired"  # the log expired under a reader slower than STREAM_TTL
+    # A write under way failed: after SEND_TIMEOUT without progress, or at once (a reset).
+    if time.monotonic() - delivery.writing_since >= send_timeout * 0.9:
+        return "send_timeout"
+    return "write_failed"

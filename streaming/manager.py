@@ -145,6 +145,9 @@ class StreamManager:
             for counter in reversed(held):
                 self.store.release(counter)
             raise
+        generation = self._running.get(stream_id)
+        if generation is not None:
+            generation.resumes += 1
         return Following(self.store, held)
 
     def get(self, stream_id: str) -> Generation | None:

@@ -18,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+_DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:
@@ -56,6 +57,30 @@ class Metrics:
         self.clients_attached = Gauge(
             "llm_clients_attached", "Clients following a stream now.",
             registry=reg, multiprocess_mode="livesum",
+        )
+        self.stream_duration_seconds = Histogram(
+            "llm_stream_duration_seconds", "From the request to the stream's terminal event.",
+            buckets=_DURATION_BUCKETS, registry=reg,
+        )
+        self.upstream_errors = Counter(
+            "llm_upstream_errors", "Streams that ended in an upstream error, by error code.",
+            ["code"], registry=reg,
+        )
+        self.bytes_sent = Counter(
+            "llm_bytes_sent", "Bytes written to clients in stream responses (counted per "
+            "response, at its end).", registry=reg,
+        )
+        self.heartbeats = Counter(
+            "llm_heartbeats", "Heartbeat comments written to clients.", registry=reg,
+        )
+        self.resumes = Counter(
+            "llm_resumes", "Attaches to an existing stream (resumes and extra followers).",
+            registry=reg,
+        )
+        self.disconnects = Counter(
+            "llm_disconnects", "Stream responses that ended before [DONE], by cause: "
+            "client_closed (noticed at once), send_timeout (the client stopped reading for "
+            "SEND_TIMEOUT), write_failed, expired.", ["cause"], registry=reg,
         )
 
     def exposition(self) -> bytes:

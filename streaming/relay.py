@@ -11,6 +11,7 @@ plain threaded server they are real threads.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sys
@@ -32,6 +33,12 @@ from .stores import StreamClosedError, StreamMeta, StreamStore
 from .upstream.provider import DELTA_KINDS, Item, Provider, UpstreamStream
 
 log = logging.getLogger(__name__)
+# One JSON line per stream end, on a logger of its own so operators can route it.
+stream_log = logging.getLogger("streaming.streams")
+
+# The error codes that come from the upstream (the others are ours or the store's).
+UPSTREAM_CODES = frozenset(("timeout", "rate_limited", "upstream_auth", "upstream_unavailable",
+                            "upstream_error"))
 
 _END = object()  # the reader's result: the upstream finished its body
 
@@ -81,6 +88,8 @@ class Generation:
         )
         self._encoder = fmt.encoder(meta)
         self._seq = 0  # events the store holds
+        self._bytes = 0  # their size
+        self.resumes = 0  # attaches on this worker after the start
         # The pump's single wake-up: set by the reader, cancel, presence and abandon.
         self._wake = threading.Event()
         self._inbox: deque[Item] = deque()  # appended by the reader, drained by the pump
@@ -104,6 +113,7 @@ class Generation:
         first = self._encoder.encode(self._core.take())
         self._store.create(self.meta, first)
         self._seq = len(first)
+        self._bytes = sum(map(len, first))
         self._store.register(self.stream_id, self)
         self._metrics.streams_started.inc()
         self._metrics.streams_active.inc()
@@ -201,10 +211,28 @@ class Generation:
             if not reader_ended:
                 self._stop_reader()
             self._store.unregister(self.stream_id)
-            ended = self._core.ended or INTERNAL
-            self._metrics.streams_active.dec()
-            self._metrics.streams_ended.labels(outcome=outcome(ended)).inc()
+            self._report(self._core.ended or INTERNAL)
             self._on_end(self)
+
+    def _report(self, ended: Terminal) -> None:
+        """Count the stream's end, and log one structured line about it (no key, no text)."""
+        core = self._core
+        label = outcome(ended)
+        duration = self._clock() - core.started_at
+        metrics = self._metrics
+        metrics.streams_active.dec()
+        metrics.streams_ended.labels(outcome=label).inc()
+        metrics.stream_duration_seconds.observe(duration)
+        if isinstance(ended, Failed) and ended.code in UPSTREAM_CODES:
+            metrics.upstream_errors.labels(code=ended.code).inc()
+        ttft = core.first_delta_at
+        stream_log.info(json.dumps({
+            "event": "stream_end", "stream": self.stream_id[:8], "model": self.meta.model,
+            "format": self.meta.format, "outcome": label,
+            "ttft_ms": None if ttft is None else round((ttft - core.started_at) * 1000, 1),
+            "deltas": core.deltas, "events": self._seq, "bytes": self._bytes,
+            "duration_ms": round(duration * 1000, 1), "resumes": self.resumes,
+        }))
 
     def _run_pump(self) -> bool:
         """Run the stream to its end; True if the reader finished by itself."""
@@ -285,6 +313,7 @@ class Generation:
             self._end_with(INTERNAL, data)
             return False
         self._seq += len(data)
+        self._bytes += sum(map(len, data))
         return True
 
     def _end_with(self, event: Failed, pending: list[bytes] | None = None) -> None:

@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from .formats import sse
@@ -26,6 +27,17 @@ RETRY_MS = 1000
 MAX_WRITE = 64 * 1024
 
 
+@dataclass(slots=True)
+class Delivery:
+    """What one response sent, told once at its end (metrics are updated then, never per
+    write, so the hot path stays cheap)."""
+
+    bytes: int = 0
+    heartbeats: int = 0
+    complete: bool = False  # [DONE] went out
+    writing_since: float | None = None  # a write was under way when the response ended
+
+
 def iter_events(
     store: StreamStore,
     stream_id: str,
@@ -33,32 +45,61 @@ def iter_events(
     heartbeat: float,
     gone: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[Delivery], None] | None = None,
 ) -> Iterator[bytes]:
-    """The body of one response: events with seq >= `cursor`, heartbeats, then [DONE]."""
-    # First bytes before anything else: they carry the headers out and tell the browser how
-    # soon to reconnect.
-    yield sse.retry_line(RETRY_MS) + sse.PING
-    last_write = clock()
-    while not gone():
-        wait = last_write + heartbeat - clock()
-        try:
-            events, ended = store.read(stream_id, cursor, max(wait, 0.0))
-        except UnknownStreamError:
-            # Expired while we followed it (a reader slower than STREAM_TTL): nothing more.
-            return
-        if events:
-            cursor += len(events)
-            # Everything is there once it ended: the rest and [DONE] (the log may expire
-            # before another read).
-            yield from _pieces(events, sse.DONE if ended else b"")
-            last_write = clock()
-        elif ended:
-            yield sse.DONE
-        if ended:
-            return
-        if not events and clock() >= last_write + heartbeat:
-            yield sse.PING
-            last_write = clock()
+    """The body of one response: events with seq >= `cursor`, heartbeats, then [DONE].
+    `on_start` and `on_end` are called once each, if the body is read at all."""
+    if on_start is not None:
+        on_start()
+    sent = 0
+    pings = 0
+    complete = False
+    write_at: float | None = None
+    try:
+        # First bytes before anything else: they carry the headers out and tell the browser
+        # how soon to reconnect.
+        first = sse.retry_line(RETRY_MS) + sse.PING
+        write_at = clock()
+        yield first
+        sent += len(first)
+        last_write = clock()
+        write_at = None
+        while not gone():
+            wait = last_write + heartbeat - clock()
+            try:
+                events, ended = store.read(stream_id, cursor, max(wait, 0.0))
+            except UnknownStreamError:
+                # Expired while we followed it (a reader slower than STREAM_TTL): nothing more.
+                return
+            if events:
+                cursor += len(events)
+                # Everything is there once it ended: the rest and [DONE] (the log may expire
+                # before another read).
+                for piece in _pieces(events, sse.DONE if ended else b""):
+                    write_at = clock()
+                    yield piece
+                    sent += len(piece)
+                last_write = clock()
+                write_at = None
+            elif ended:
+                write_at = clock()
+                yield sse.DONE
+                sent += len(sse.DONE)
+                write_at = None
+            if ended:
+                complete = True
+                return
+            if not events and clock() >= last_write + heartbeat:
+                write_at = clock()
+                yield sse.PING
+                sent += len(sse.PING)
+                pings += 1
+                last_write = clock()
+                write_at = None
+    finally:
+        if on_end is not None:
+            on_end(Delivery(sent, pings, complete, write_at))
 
 
 def _pieces(events: list[bytes], tail: bytes) -> Iterator[bytes]:

@@ -194,3 +194,46 @@ def test_odd_last_event_ids_get_400(service: Service, sim: Any, value: str) -> N
     status, _, raw = request(service.url, "GET", f"/api/chat/stream/{stream_id}",
                              headers={**AUTH_A, "Last-Event-ID": value.encode().decode("latin-1")})
     assert status == 400, raw
+
+
+def test_metrics_and_the_log_line_of_a_stream(service: Service, sim: Any) -> None:
+    first = start(service.url, body(tokens=[f"w{i} " for i in range(40)], delay=0.02), AUTH_A)
+    stream_id = first.headers["X-Stream-Id"]
+    next(iter(first))  # the first bytes
+    first.close()  # gone mid-answer: noticed at once
+    again = collect(attach(service.url, stream_id, headers=AUTH_A))
+    assert again[-2].json["type"] == "done"
+    _, _, raw = request(service.url, "GET", "/metrics")
+    text = raw.decode()
+
+    def value(name: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        raise AssertionError(f"{name} not in /metrics")
+
+    assert value('llm_disconnects_total{cause="client_closed"}') >= 1
+    assert value("llm_resumes_total") >= 1
+    assert value("llm_bytes_sent_total") > sum(len(e.data) for e in again)
+    assert value("llm_stream_duration_seconds_count") >= 1
+    assert value("llm_heartbeats_total") >= 0
+    lines = [json.loads(line[line.index("{"):]) for line in service.log().splitlines()
+             if '"event": "stream_end"' in line]
+    mine = [entry for entry in lines if entry["stream"] == stream_id[:8]]
+    assert len(mine) == 1
+    entry = mine[0]
+    assert entry["outcome"] == "stop" and entry["deltas"] == 40 and entry["resumes"] == 1
+    assert entry["ttft_ms"] > 0 and entry["duration_ms"] >= entry["ttft_ms"]
+    assert entry["events"] == len(again) - 1 and entry["bytes"] > 0
+
+
+def test_no_key_or_token_in_any_log_line_or_metric(service: Service, sim: Any) -> None:
+    """Last in the module: everything the tests above made the service log or count."""
+    events = collect(start(service.url, body(tokens=2), AUTH_B))
+    token = events[0].json["resume_token"]
+    collect(attach(service.url, f"{events[0].json['stream_id']}?token={token}"))
+    status, _, raw = request(service.url, "GET", "/metrics")
+    assert status == 200
+    for text in (service.log(), raw.decode()):
+        for secret in ("key-a", "key-b", "SECRETKEY", token, "Bearer"):
+            assert secret not in text
