@@ -51,5 +51,11 @@ system-deps:
 screenshot: $(VENV)/.installed
 	$(BIN)/python tests/browser.py docs/screenshot.png
 
-bench: $(VENV)/.installed
-	$(BIN)/python bench/relay_bench.py
+# This service against FastAPI + uvicorn + AsyncOpenAI on loopback, side by side (about six
+# minutes; BENCH_ARGS=--quick for about one): bench/results/latest.json and latest.png.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/relay_bench.py $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $@

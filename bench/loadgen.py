@@ -226,7 +226,7 @@ def summarize(run: Run, wall: float) -> dict[str, Any]:
     # The steady part: every stream has started and none has ended yet.
     if run.first_at and run.end_at:
         start, end = max(run.first_at) + 0.5, min(run.end_at) - 0.2
-        if end - start >= 1.0:
+        if end - start >= 0.5:
             lo, hi = int((start - run.t0) / BUCKET), int((end - run.t0) / BUCKET)
             count = sum(v for b, v in run.buckets.items() if lo <= b < hi)
             out["window"] = {"start": run.t0 + lo * BUCKET, "end": run.t0 + hi * BUCKET,

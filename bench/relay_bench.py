@@ -69,10 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--memory-streams", type=int, default=1000)
     ap.add_argument("--burst-streams", type=int, default=2000)
     ap.add_argument("--capacity", default="2000,5000,10000", help="levels to try, in order")
-    ap.add_argument("--capacity-hold", type=float, default=8.0,
+    ap.add_argument("--capacity-hold", type=float, default=10.0,
                     help="seconds every stream stays open after the last one started")
-    ap.add_argument("--open-rate", type=float, default=1000.0,
+    ap.add_argument("--open-rate", type=float, default=500.0,
                     help="new streams per second when opening many slow ones")
+    ap.add_argument("--servers", default=",".join([*ONE_WORKER, *TWO_WORKERS]),
+                    help="which servers to measure (the simulator is always measured)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
     ap.add_argument("--chart", type=Path, default=ROOT / "bench/results/latest.png")
     args = ap.parse_args(argv)
@@ -82,9 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     args.parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = args.parts - set(PARTS)
+    args.server_names = {p.strip() for p in args.servers.split(",") if p.strip()}
+    unknown = (args.parts - set(PARTS)) | (args.server_names - {*ONE_WORKER, *TWO_WORKERS})
     if unknown:
-        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
+        ap.error(f"unknown parts or servers: {', '.join(sorted(unknown))}")
     return args
 
 
@@ -103,8 +106,8 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
             "versions": {n: version(n) for n in ("gunicorn", "gevent", "openai", "httpx2",
                                                   "fastapi", "starlette", "uvicorn", "uvloop",
                                                   "httptools")},
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k != "parts"} | {"parts": sorted(args.parts)}}
+            "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path)
+                         else v) for k, v in vars(args).items()}}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,8 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"direct to the simulator: burst of {args.burst_streams}")
             results.setdefault("burst", {})["direct"] = parts.burst(sim, args.burst_streams)
         for name, start in ONE_WORKER.items():
-            if not want & {"cpu", "ttft", "fixed", "memory", "burst"}:
-                break
+            serves = {"cpu", "ttft", "fixed"} | (set() if name == "ours_b1" else
+                                                  {"memory", "burst"})
+            if name not in args.server_names or not want & serves:
+                continue
             say(f"{name}: starting")
             server = start(sim.port)
             try:
@@ -156,8 +161,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
         for name, start in TWO_WORKERS.items():
-            if not want & {"burst", "capacity"}:
-                break
+            if name not in args.server_names or not want & {"burst", "capacity"}:
+                continue
             say(f"{name}: starting")
             server = start(sim.port)
             try:
