@@ -6,6 +6,7 @@ Limits and presence are counted in the store, so with Redis they hold across eve
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -21,6 +22,10 @@ from .relay import Generation
 from .settings import Settings
 from .stores import Counter, StreamMeta, StreamStore
 from .upstream.provider import Provider
+
+log = logging.getLogger(__name__)
+
+READY_PERIOD = 5.0  # PROTOCOL.md: the upstream is probed at most once per 5 s
 
 
 def owner_tag(api_key: str | None) -> str | None:
@@ -43,6 +48,35 @@ class Following:
             self._store.release(counter)
 
 
+class Readiness:
+    """Whether a check passes, asked at most once per `period` however many ask (single
+    flight: concurrent callers wait for the one check under way). Unauthenticated readiness
+    probes then cannot multiply calls to the upstream."""
+
+    def __init__(self, check: Callable[[], bool], period: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._check = check
+        self._period = period
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value = False
+        self._until = float("-inf")
+
+    def __call__(self) -> bool:
+        if self._clock() < self._until:
+            return self._value
+        with self._lock:
+            if self._clock() < self._until:  # answered while we waited
+                return self._value
+            try:
+                self._value = bool(self._check())
+            except Exception:
+                log.warning("readiness check failed", exc_info=True)
+                self._value = False
+            self._until = self._clock() + self._period
+            return self._value
+
+
 class StreamManager:
     """Owns the running generations of one process."""
 
@@ -53,6 +87,7 @@ class StreamManager:
         self.provider = provider
         self.metrics = metrics
         self._running: dict[str, Generation] = {}
+        self.provider_ready = Readiness(provider.ready, READY_PERIOD)
         self._lock = threading.Lock()
         self._starting = 0  # slots reserved by starts under way
         self._serving: Callable[[], bool] = lambda: True

@@ -116,7 +116,7 @@ def readyz() -> tuple[Response, int]:
     m = edge.manager()
     checks = {
         "store": _safely(m.store.ping),
-        "provider": _safely(m.provider.ready),
+        "provider": m.provider_ready(),
         "draining": m.draining,
     }
     ok = checks["store"] and checks["provider"] and not m.draining

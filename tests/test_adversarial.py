@@ -237,3 +237,49 @@ def test_no_key_or_token_in_any_log_line_or_metric(service: Service, sim: Any) -
     for text in (service.log(), raw.decode()):
         for secret in ("key-a", "key-b", "SECRETKEY", token, "Bearer"):
             assert secret not in text
+
+
+def test_readiness_probes_the_upstream_once_however_many_ask(service_factory: Any) -> None:
+    """A flood of unauthenticated /readyz: one upstream probe per period (single flight)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    probes: list[float] = []
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            probes.append(time.monotonic())
+            time.sleep(0.5)  # a slow upstream: concurrent probes would pile up meanwhile
+            payload = b'{"object": "list", "data": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        svc = service_factory({"LLM_PROVIDER": "openai", "OPENAI_API_KEY": "sk-x",
+                               "OPENAI_BASE_URL": f"http://127.0.0.1:{server.server_port}/v1"})
+        statuses: list[int] = []
+        started = time.monotonic()
+
+        def ask() -> None:
+            statuses.append(request(svc.url, "GET", "/readyz")[0])
+
+        askers = [threading.Thread(target=ask) for _ in range(40)]
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join(30)
+        assert statuses == [200] * 40
+        assert time.monotonic() - started < 5  # all inside one cache period...
+        assert len(probes) == 1  # ...and so one probe
+    finally:
+        server.shutdown()
+        server.server_close()
