@@ -1,20 +1,25 @@
-"""Measure the CPU it costs to read upstream SSE bodies: iter_raw() against rawbody.iter_body().
+"""Measure the CPU it costs to read upstream SSE bodies, per transport, under gevent.
 
 Runs the OpenAI-wire simulator in a subprocess (its CPU stays out of this one), opens N
-concurrent streams through the SDK under gevent, waits until every response's headers are in
-(the script holds the first chunk back for `--first-delay`), then reads all the bodies and
-prints this process's CPU per chunk. `socket` reads the same stream from a plain gevent socket:
-the floor. Bodies are only read, not parsed, so the differences are the transport's.
+concurrent streams, waits until every response's headers are in (the script holds the first
+chunk back for `--first-delay`), then reads all the bodies and prints this process's CPU per
+chunk, and per stream for opening them. Bodies are only read, not parsed, so the differences
+are the transports'. Modes:
+
+- `socket`: a plain gevent socket, no HTTP parsing: the floor.
+- `httpx2`: the SDK's default transport (httpx2 over httpcore2), `iter_raw()`.
+- `urllib3-transport`: this project's transport under the SDK (`streaming/upstream/
+  transport.py`), `iter_raw()`, as the provider reads it.
+- `urllib3`, `geventhttpclient`: the library alone (`read1()`; `readline()`, the only public
+  read of geventhttpclient that returns before a whole block has arrived). geventhttpclient
+  is not a dependency: `pip install geventhttpclient` to include it.
+
+The SDK modes open with the SDK's low-level `client.post()`.
 
     .venv/bin/python bench/upstream_read_bench.py --streams 100 --tokens 100 --delay 0.05
 
-`--keepalive` sets the pool's max_keepalive_connections (several values: one table each).
-httpcore polls every idle pooled socket whenever a response opens or closes, and gevent's
-select.poll costs ~28 µs a call, so with a full pool the close after each body costs as much
-as the reads; `--keepalive 0` shows the read path alone, and `--real-poll` what a full pool
-would cost if that check used the unpatched poll() (a poll with a zero timeout never blocks,
-so it needs no gevent). `--timeout` adds a run of iter_body with a per-read timeout: its
-gevent timer is the price of a backstop.
+`--read-timeout` sets the per-read socket timeout of the urllib3 modes (0: none): under gevent
+each read with a timeout arms a timer.
 """
 
 from __future__ import annotations
@@ -43,9 +48,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import httpx2  # noqa: E402
 import openai  # noqa: E402
+import urllib3  # noqa: E402
 
-from streaming.upstream.rawbody import fallback_reason, iter_body  # noqa: E402
+from streaming.upstream.transport import Urllib3Transport  # noqa: E402
 
+MODES = ("socket", "httpx2", "urllib3-transport", "urllib3", "geventhttpclient")
 # It serves until its stdin closes, so that it goes when we do, however we end.
 SIMULATOR = ("import sys; sys.path.insert(0, 'tests'); "
              "from upstream_sim import UpstreamSimulator; "
@@ -59,34 +66,43 @@ def start_simulator() -> tuple[subprocess.Popen[str], int]:
     return proc, int(proc.stdout.readline())
 
 
-def use_real_poll() -> None:
-    """Make httpcore's check of idle pooled sockets use the unpatched select.poll."""
-    import select
+class Clients:
+    """One client per mode, pools sized for every stream at once."""
 
-    import httpcore2._backends.sync as sync_backend
-    from gevent.monkey import get_original
+    def __init__(self, port: int, streams: int, read_timeout: float | None) -> None:
+        self.port = port
+        timeout = httpx2.Timeout(connect=10.0, read=read_timeout, write=30.0, pool=10.0)
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=32)
+        base = f"http://127.0.0.1:{port}/v1"
+        self.sdk = {
+            "httpx2": openai.OpenAI(
+                api_key="bench", base_url=base, max_retries=0, timeout=timeout,
+                http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits)),
+            "urllib3-transport": openai.OpenAI(
+                api_key="bench", base_url=base, max_retries=0, timeout=timeout,
+                http_client=openai.DefaultHttpxClient(
+                    timeout=timeout, transport=Urllib3Transport(
+                        max_connections=1000, body_read_timeout=read_timeout is not None))),
+        }
+        for client in self.sdk.values():
+            _ = client.default_headers
+        self.urllib3 = urllib3.HTTPConnectionPool(
+            "127.0.0.1", port, maxsize=max(streams, 10), block=True, retries=False,
+            timeout=urllib3.Timeout(connect=10.0, read=read_timeout))
+        self.geventhttpclient: Any = None
+        try:  # measured for comparison only: not a dependency of the project
+            from geventhttpclient import HTTPClient
+        except ImportError:
+            return
+        self.geventhttpclient = HTTPClient("127.0.0.1", port, concurrency=max(streams, 10),
+                                           network_timeout=read_timeout)
 
-    real_poll = get_original("select", "poll")
-
-    def is_socket_readable(sock: socket.socket | None) -> bool:
-        fd = -1 if sock is None else sock.fileno()
-        if fd < 0:
-            return True
-        poller = real_poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-
-    sync_backend.is_socket_readable = is_socket_readable  # type: ignore[attr-defined]
-
-
-def make_client(port: int, keepalive: int) -> openai.OpenAI:
-    timeout = httpx2.Timeout(connect=10.0, read=65.0, write=30.0, pool=10.0)
-    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=keepalive)
-    client = openai.OpenAI(api_key="bench", base_url=f"http://127.0.0.1:{port}/v1",
-                           max_retries=0, timeout=timeout,
-                           http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits))
-    _ = client.default_headers
-    return client
+    def close(self) -> None:
+        for client in self.sdk.values():
+            client.close()
+        self.urllib3.close()
+        if self.geventhttpclient is not None:
+            self.geventhttpclient.close()
 
 
 class Barrier:
@@ -102,8 +118,9 @@ class Barrier:
             self.event.set()
 
 
-def read_socket(port: int, body: bytes, opened: Barrier, go: Event, done: Barrier) -> None:
-    sock = socket.create_connection(("127.0.0.1", port))
+def read_socket(clients: Clients, body: bytes, opened: Barrier, go: Event,
+                done: Barrier) -> None:
+    sock = socket.create_connection(("127.0.0.1", clients.port))
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                  % (len(body), body))
@@ -122,41 +139,59 @@ def read_socket(port: int, body: bytes, opened: Barrier, go: Event, done: Barrie
     sock.close()
 
 
-def read_sdk(client: openai.OpenAI, mode: str, script: dict[str, Any], opened: Barrier,
-             go: Event, done: Barrier) -> None:
-    messages: Any = [{"role": "user", "content": "SIM " + json.dumps(script)}]
-    with client.chat.completions.with_streaming_response.create(
-            model="bench", stream=True, messages=messages) as response:
-        http_response = response.http_response
+def read_sdk(clients: Clients, mode: str, body: bytes, opened: Barrier, go: Event,
+             done: Barrier) -> None:
+    response = clients.sdk[mode].post("/chat/completions", content=body,
+                                      cast_to=httpx2.Response, stream=True)
+    try:
         opened.arrive()
         go.wait()
-        if mode == "iter_raw":
-            chunks = http_response.iter_raw()
-        else:
-            reason = fallback_reason(http_response)
-            if reason is not None:
-                raise SystemExit(f"iter_body would fall back ({reason}): nothing to measure")
-            chunks = iter_body(http_response, timeout=65.0 if mode == "iter_body+timeout"
-                               else None)
-        for _ in chunks:
+        for _ in response.iter_raw():
             pass
         done.arrive()
+    finally:
+        response.close()
 
 
-def run(mode: str, client: openai.OpenAI, port: int,
-        args: argparse.Namespace) -> tuple[float, float]:
+def read_urllib3(clients: Clients, body: bytes, opened: Barrier, go: Event,
+                 done: Barrier) -> None:
+    response = clients.urllib3.urlopen(
+        "POST", "/v1/chat/completions", body=body, preload_content=False,
+        headers={"Content-Type": "application/json"})
+    opened.arrive()
+    go.wait()
+    while response.read1(65536):
+        pass
+    done.arrive()
+
+
+def read_geventhttpclient(clients: Clients, body: bytes, opened: Barrier, go: Event,
+                          done: Barrier) -> None:
+    response = clients.geventhttpclient.request(
+        "POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    opened.arrive()
+    go.wait()
+    while response.readline(b"\n"):
+        pass
+    response.release()
+    done.arrive()
+
+
+def run(mode: str, clients: Clients, args: argparse.Namespace) -> tuple[float, float]:
     """CPU µs per content chunk while N bodies are read (closing them included), and CPU ms
     per stream to open them (N at once)."""
     script = {"tokens": args.tokens, "delay": args.delay, "first_delay": args.first_delay}
+    body = json.dumps({"model": "bench", "stream": True, "messages": [
+        {"role": "user", "content": "SIM " + json.dumps(script)}]}).encode()
     opened, done, go = Barrier(args.streams), Barrier(args.streams), Event()
     target: Callable[..., None]
     first: tuple[Any, ...]
-    if mode == "socket":
-        body = json.dumps({"model": "bench", "stream": True, "messages": [
-            {"role": "user", "content": "SIM " + json.dumps(script)}]}).encode()
-        target, first = read_socket, (port, body)
+    if mode in clients.sdk:
+        target, first = read_sdk, (clients, mode, body)
     else:
-        target, first = read_sdk, (client, mode, script)
+        readers = {"socket": read_socket, "urllib3": read_urllib3,
+                   "geventhttpclient": read_geventhttpclient}
+        target, first = readers[mode], (clients, body)
     start = time.process_time()
     greenlets = [gevent.spawn(target, *first, opened, go, done) for _ in range(args.streams)]
     for greenlet in greenlets:  # a failed stream never arrives: stop waiting for it
@@ -180,39 +215,36 @@ def main() -> None:
     parser.add_argument("--first-delay", type=float, default=2.0,
                         help="seconds the simulator holds the first chunk: time to open all")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--keepalive", type=int, nargs="+", default=[0, 256])
-    parser.add_argument("--timeout", action="store_true",
-                        help="also time iter_body with a per-read timeout")
-    parser.add_argument("--real-poll", action="store_true",
-                        help="check idle pooled sockets with the unpatched poll()")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--read-timeout", type=float, default=65.0,
+                        help="per-read timeout in seconds, 0 for none")
     args = parser.parse_args()
-    if args.real_poll:
-        use_real_poll()
 
     platform.platform()  # the SDK's headers fork `uname -p` once: not N times, concurrently
     sim, port = start_simulator()
-    modes = ["socket", "iter_raw", "iter_body"] + (["iter_body+timeout"] if args.timeout else [])
+    clients = Clients(port, args.streams, args.read_timeout or None)
+    if clients.geventhttpclient is None and "geventhttpclient" in args.modes:
+        print("geventhttpclient is not installed (pip install geventhttpclient): skipped")
+        args.modes.remove("geventhttpclient")
     try:
+        warm = argparse.Namespace(**{**vars(args), "streams": 10, "tokens": 5,
+                                     "first_delay": 0.5})
+        for mode in args.modes:  # warm up imports and pools
+            run(mode, clients, warm)
+        results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in args.modes}
+        for _ in range(args.reps):
+            for mode in args.modes:  # interleaved, so that a noisy neighbour hits all alike
+                results[mode].append(run(mode, clients, args))
         print(f"{args.streams} streams x {args.tokens} chunks, {args.delay * 1000:.0f} ms apart; "
-              f"CPU, {args.reps} runs each"
-              + ("; idle sockets checked with the real poll()" if args.real_poll else ""))
-        for keepalive in args.keepalive:
-            client = make_client(port, keepalive)
-            run("iter_raw", client, port, argparse.Namespace(  # warm up imports and the pool
-                **{**vars(args), "streams": 10, "tokens": 5, "first_delay": 0.5}))
-            results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
-            for _ in range(args.reps):
-                for mode in modes:  # interleaved, so that a noisy neighbour hits all alike
-                    results[mode].append(run(mode, client, port, args))
-            print(f"\nmax_keepalive_connections={keepalive}"
-                  "     read: us/chunk best, median   open: ms/stream median")
-            for mode in modes:
-                reads = [r for r, _ in results[mode]]
-                opens = statistics.median(o for _, o in results[mode])
-                print(f"  {mode:18s} {min(reads):6.1f} {statistics.median(reads):6.1f}"
-                      f"   {opens:5.2f}")
-            client.close()
+              f"read timeout {args.read_timeout or None}; CPU, {args.reps} runs each")
+        print("                      read: us/chunk best, median   open: ms/stream median")
+        for mode in args.modes:
+            reads = [r for r, _ in results[mode]]
+            opens = statistics.median(o for _, o in results[mode])
+            print(f"  {mode:18s} {min(reads):6.1f} {statistics.median(reads):6.1f}"
+                  f"   {opens:5.2f}")
     finally:
+        clients.close()
         sim.terminate()
         sim.wait()
 

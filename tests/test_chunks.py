@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from streaming.errors import UpstreamError
@@ -27,6 +29,40 @@ def test_iter_sse_data_any_framing_any_split(eol: bytes, size: int) -> None:
 def test_crlf_split_between_chunks_is_one_line_end() -> None:
     chunks = [b'data: {"a":1}\r', b'\n\r', b"\n", b"data: x\r\n\r\n"]
     assert list(iter_sse_data(iter(chunks))) == [b'{"a":1}', b"x"]
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 10_000])
+def test_a_line_at_the_bound_passes_and_one_past_it_fails(size: int) -> None:
+    ok = b"data: " + b"x" * 94 + b"\n\n"  # a line of exactly 100 bytes
+    assert list(iter_sse_data(iter(split_every(ok, size)), max_line=100)) == [b"x" * 94]
+    with pytest.raises(UpstreamError) as info:
+        list(iter_sse_data(iter(split_every(ok.replace(b"x", b"xx", 1), size)), max_line=100))
+    assert info.value.code == "upstream_error" and "line" in info.value.message
+
+
+def test_a_line_that_never_ends_fails_without_holding_it_all() -> None:
+    def endless() -> Iterator[bytes]:
+        yield b"data: "
+        while True:  # were the bound missing, this test would never end
+            yield b"x" * 4096
+
+    with pytest.raises(UpstreamError):
+        list(iter_sse_data(endless(), max_line=1 << 16))
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r"], ids=["lf", "cr"])
+def test_many_data_lines_of_one_event_are_bounded_together(eol: bytes) -> None:
+    event = (b"data: " + b"y" * 40 + eol) * 3  # 3 lines of 41 bytes of data, no blank line
+    assert list(iter_sse_data(iter([event + eol]), max_event=150)) == [
+        b"\n".join([b"y" * 40] * 3)]
+    with pytest.raises(UpstreamError) as info:
+        list(iter_sse_data(iter([event * 2 + eol]), max_event=150))
+    assert "event" in info.value.message
+
+
+def test_the_bounds_by_default_allow_a_large_event() -> None:
+    big = b"z" * (512 * 1024)
+    assert list(iter_sse_data(iter(split_every(b"data: " + big + b"\n\n", 65536)))) == [big]
 
 
 def chunk(delta: dict[str, object], finish: str | None = None, **extra: object) -> bytes:

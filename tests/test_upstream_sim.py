@@ -115,6 +115,48 @@ def test_crlf_framing(sim: UpstreamSimulator) -> None:
     assert all(b"\n" not in frame.replace(b"\r\n", b"") for frame in frames)
 
 
+def test_done_after_ends_like_an_interrupted_llama_cpp_stream(sim: UpstreamSimulator) -> None:
+    _, frames = raw_post(sim, {"messages": script(tokens=5, done_after=2), "stream": True,
+                               "stream_options": {"include_usage": True}})
+    got = events(frames)
+    assert got[-1] == "[DONE]"
+    assert [c["choices"][0]["delta"] for c in got[1:-1]] == [{"content": "t0 "},
+                                                            {"content": "t1 "}]
+    assert all(c["choices"][0]["finish_reason"] is None for c in got[:-1])  # and no usage
+    assert sim.requests[0].completed and sim.requests[0].chunks_sent == 2
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The body so far of a chunked response, up to a last chunk that may be cut short."""
+    _, _, rest = raw.partition(b"\r\n\r\n")
+    body = b""
+    while b"\r\n" in rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        body, rest = body + rest[:size], rest[size + 2:]
+    return body
+
+
+def test_long_line_never_ends_until_the_client_goes(sim: UpstreamSimulator) -> None:
+    line = b"data: " + b"x" * (300 * 1024)
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=WAIT) as sock:
+        payload = json.dumps({"messages": script(tokens=3, long_line=len(line) - 6,
+                                                 long_line_after=1), "stream": True}).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(payload), payload))
+        raw = b""
+        while not dechunk(raw).endswith(line):
+            data = sock.recv(65536)
+            assert data, "the simulator ended the body before the long line was out"
+            raw += data
+    body = dechunk(raw)
+    assert body.endswith(b"\n\n" + line)  # and it never ends: the socket was still open
+    assert b"t0 " in body and b"t1 " not in body
+    record = sim.requests[0]
+    assert record.wait_closed(WAIT) and record.outcome == "client_closed"
+
+
 def test_keepalive_comments_while_stalled(sim: UpstreamSimulator) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=WAIT)
     body = {"messages": script(tokens=3, stall_after=1, keepalive_comments=True), "stream": True}

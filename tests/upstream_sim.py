@@ -28,10 +28,11 @@ DEFAULT_TOKENS: list[str] = re.findall(r"\S+\s*", DEFAULT_TEXT)
 SCRIPT_KEYS = frozenset({
     "id", "tokens", "delay", "first_delay", "headers_delay", "status", "retry_after", "fail_times",
     "stall_after", "keepalive_comments", "drop_after", "error_after", "error_style", "reasoning",
-    "reasoning_field", "tool_calls", "finish_reason", "crlf", "no_usage",
+    "reasoning_field", "tool_calls", "finish_reason", "crlf", "no_usage", "done_after",
+    "long_line", "long_line_after",
 })
 NUMBER_KEYS = ("delay", "first_delay", "headers_delay", "status", "fail_times", "stall_after",
-               "drop_after", "error_after")
+               "drop_after", "error_after", "done_after", "long_line", "long_line_after")
 POLL = 0.05  # how often waits look at the stop event and the client socket
 PING = 0.2  # keep-alive comment interval
 ERROR_KINDS = {  # status -> (type, code), as api.openai.com answers them
@@ -271,6 +272,22 @@ class _Handler(BaseHTTPRequestHandler):
                 _shutdown(self.connection)  # FIN mid-body: no last chunk, no [DONE]
                 rec.outcome = "dropped"
                 return
+            if i == script.get("done_after"):
+                # llama.cpp's server when it interrupts a running stream: [DONE] and the body's
+                # end, no finish_reason ever sent.
+                self._send(b"data: [DONE]" + self.eol * 2)
+                self._send(b"")
+                rec.outcome = "completed"
+                return
+            if "long_line" in script and i == script.get("long_line_after", 0):
+                # One line of `long_line` bytes that never ends, then wait for the client.
+                left = int(script["long_line"])
+                self._send(b"data: ")
+                while left > 0:
+                    piece = min(left, 64 * 1024)
+                    self._send(b"x" * piece)
+                    left -= piece
+                self._pause(math.inf, keepalive=False)  # only a client close or stop() ends this
             if i == script.get("error_after"):
                 message = f"simulated in-stream failure: {SECRET}"
                 if script.get("error_style") == "vllm":  # vLLM follows its error with [DONE]

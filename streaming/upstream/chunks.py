@@ -16,6 +16,10 @@ from ..errors import UpstreamError
 from .provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 
 _SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# An upstream line or event past these is a fault, not a reason to hold unbounded memory: a
+# chat-completion chunk is a few hundred bytes, a large tool-call fragment a few kilobytes.
+MAX_LINE_BYTES = 1 << 20
+MAX_EVENT_BYTES = 1 << 20
 
 
 class UpstreamCutError(UpstreamError):
@@ -25,14 +29,17 @@ class UpstreamCutError(UpstreamError):
     retryable = True
 
 
-def iter_sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def iter_sse_data(chunks: Iterator[bytes], *, max_line: int = MAX_LINE_BYTES,
+                  max_event: int = MAX_EVENT_BYTES) -> Iterator[bytes]:
     """Yield the data of each SSE event in a byte stream (WHATWG rules, as bytes).
 
     Lines end at CRLF, LF or a lone CR; several `data` lines join with LF; comments and other
-    fields are skipped.
+    fields are skipped. A line longer than `max_line` bytes, or an event whose data lines add
+    up to more than `max_event`, raises `UpstreamError` (`upstream_error`).
     """
     pending = b""
     data: list[bytes] = []
+    size = 0  # of the data lines in `data`
     skip_lf = False
     for chunk in chunks:
         if skip_lf and chunk:
@@ -49,16 +56,29 @@ def iter_sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         pending = lines.pop()
+        if len(pending) > max_line:
+            raise _oversized("line")
         for line in lines:
             if not line:
                 if data:
                     yield b"\n".join(data)
                     data.clear()
+                    size = 0
             elif line.startswith(b"data:"):
+                if len(line) > max_line:
+                    raise _oversized("line")
                 value = line[5:]
+                size += len(value)
+                if size > max_event:
+                    raise _oversized("event")
                 data.append(value[1:] if value.startswith(b" ") else value)
     if data:
         yield b"\n".join(data)
+
+
+def _oversized(what: str) -> UpstreamError:
+    # Not retryable: the same request would most likely get the same answer.
+    return UpstreamError(f"the upstream sent an oversized {what}")
 
 
 def parse_chunk(data: bytes) -> list[Item]:

@@ -1,8 +1,11 @@
 """The OpenAI-compatible upstream: the one module that imports `openai` and its transport.
 
-The SDK sends the request and turns refusals into typed errors; the stream itself is read as raw
-bytes and parsed here with orjson, because the SDK's typed chunk iteration costs ~100 µs of CPU
-per chunk (a pydantic object each) and this is the hot path.
+The SDK is the client's face (configuration, keys, base URL, headers, error types); its HTTP
+client runs on our urllib3 transport (transport.py), plugged in through the SDK's public
+`http_client` hook. A stream is opened with the SDK's documented low-level `post()` and a
+body serialised once, because `chat.completions.create` validates and builds far more per
+request than a relay needs; the stream itself is read as raw bytes and parsed here (chunks.py),
+because the SDK's typed chunk iteration builds a pydantic object per chunk on the hot path.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import httpx2
 import openai
+import orjson
 
 from ..errors import (
     UpstreamAuthError,
@@ -26,14 +30,16 @@ from ..errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from ..green import gevent_active
 from ..settings import Settings
 from .chunks import UpstreamCutError, iter_sse_data, parse_chunk
 from .provider import FINISH, Item
-from .rawbody import abort, iter_body
+from .transport import Urllib3Transport, body_of
 
-_KEEPALIVE_CONNECTIONS = 32
 _READY_CACHE_SECONDS = 5.0
 _READY_PROBE_TIMEOUT = 3.0
+# After [DONE], how long the end of the body may take to arrive for the connection to be kept.
+_FINISH_TIMEOUT = 1.0
 
 
 class OpenAIProvider:
@@ -86,18 +92,16 @@ class OpenAIProvider:
 
     @contextmanager
     def open(self, request: dict[str, Any]) -> Iterator[_OpenAIStream]:
-        params = dict(request)
-        params["stream"] = True
-        params["stream_options"] = {"include_usage": True}
+        body = orjson.dumps({**request, "stream": True,
+                             "stream_options": {"include_usage": True}})
         try:
-            with self._get_client().chat.completions.with_streaming_response.create(
-                **params
-            ) as response:
-                stream = _OpenAIStream(response.http_response)
-                try:
-                    yield stream
-                finally:
-                    stream.release()
+            response = self._get_client().post(
+                "/chat/completions", content=body, cast_to=httpx2.Response, stream=True)
+            stream = _OpenAIStream(response)
+            try:
+                yield stream
+            finally:
+                stream.release()
         # `from None`: the SDK's exceptions quote the upstream's body, which may echo a key;
         # nothing of it may travel on with ours into a log.
         except UpstreamError:
@@ -122,14 +126,12 @@ def _make_client(settings: Settings) -> openai.OpenAI:
         write=30.0,
         pool=min(10.0, first),
     )
-    # The default pool holds 1000 connections; one worker may run WORKER_CONNECTIONS streams.
-    # Idle connections are few on purpose: the pool checks every idle socket on each request
-    # and each release, and under gevent each check costs ~28 µs (a poll watcher on the hub),
-    # so 256 idle ones cost ~7 ms of CPU per stream in a burst.
-    limits = httpx2.Limits(
-        max_connections=settings.WORKER_CONNECTIONS,
-        max_keepalive_connections=min(settings.WORKER_CONNECTIONS, _KEEPALIVE_CONNECTIONS),
-    )
+    # One worker may run WORKER_CONNECTIONS streams, each holding one upstream connection.
+    # Under gevent the relay unblocks a stuck read itself (it kills the reading greenlet), so
+    # body reads go without the per-read timer; under threads the read timeout stays as a
+    # backstop.
+    transport = Urllib3Transport(max_connections=settings.WORKER_CONNECTIONS,
+                                 body_read_timeout=not gevent_active())
     key = settings.OPENAI_API_KEY
     client = openai.OpenAI(
         api_key=key.get_secret_value() if key is not None else None,
@@ -139,7 +141,7 @@ def _make_client(settings: Settings) -> openai.OpenAI:
         # The raw body is read as it comes: a compressed stream would not parse (and gzip
         # batches tokens anyway).
         default_headers={"Accept-Encoding": "identity"},
-        http_client=openai.DefaultHttpxClient(timeout=timeout, limits=limits),
+        http_client=openai.DefaultHttpxClient(timeout=timeout, transport=transport),
     )
     # The SDK's platform headers call platform.platform(), which runs `uname -p` in a
     # subprocess the first time: compute them now, or hundreds of first requests arriving at
@@ -193,36 +195,41 @@ class _OpenAIStream:
 
     def __init__(self, response: httpx2.Response) -> None:
         self._response = response
-        # The body straight from the socket where it can (rawbody.py): the transport's own
-        # iterator costs twice the CPU per chunk.
-        self._body = iter_body(response)
+        # None only for a response from another transport (a proxy from the environment).
+        self._body = body_of(response)
         self._closed = False
         self._done = False  # [DONE] was read
 
     def release(self) -> None:
         """After a complete answer, keep the connection for the next stream (no new TCP and
-        TLS handshake) if the body's end has arrived; otherwise close it."""
-        if self._done and not self._closed:
-            self._closed = True
-            with suppress(Exception):  # rawbody closes the response whatever happens
-                self._body.close()
-            return
+        TLS handshake) if the body's end arrives at once; otherwise close it."""
+        if self._done and not self._closed and self._body is not None:
+            self._body.finish(_FINISH_TIMEOUT)
         self.close()
 
     def close(self) -> None:
         # Called from the relay to cancel, maybe while another thread is blocked reading:
-        # abort() shuts the socket down, which (unlike close()) wakes a recv() in progress and
-        # sends the FIN to the upstream at once.
+        # the transport's close wakes that read and sends the upstream a FIN at once.
         if self._closed:
             return
         self._closed = True
         with suppress(Exception):  # a half-closed transport must not mask the cancel
-            abort(self._response)
+            self._response.close()
+
+    def _chunks(self) -> Iterator[bytes]:
+        encoding = self._response.headers.get("content-encoding", "identity")
+        if encoding.strip().lower() != "identity":
+            return self._response.iter_bytes()  # decoded by httpx2, as a client would
+        if self._body is not None:
+            # The transport's body itself: httpx2's iter_raw() adds layers per chunk, and
+            # closes the response when dropped at [DONE], before release() could keep it.
+            return iter(self._body)
+        return self._response.iter_raw()
 
     def __iter__(self) -> Iterator[list[Item]]:
         finished = False
         try:
-            for data in iter_sse_data(self._body):
+            for data in iter_sse_data(self._chunks()):
                 if data == b"[DONE]":
                     self._done = True
                     return
@@ -231,12 +238,12 @@ class _OpenAIStream:
                     if any(kind == FINISH for kind, _ in items):
                         finished = True
                     yield items
-        except httpx2.TimeoutException as exc:
-            raise UpstreamTimeoutError("the upstream stopped sending") from exc
-        except httpx2.HTTPError as exc:
+        except httpx2.TimeoutException:
+            raise UpstreamTimeoutError("the upstream stopped sending") from None
+        except httpx2.HTTPError:
             if self._closed:
                 return
-            raise UpstreamCutError("the upstream stream was cut off") from exc
+            raise UpstreamCutError("the upstream stream was cut off") from None
         # The body ended without [DONE]: a cut stream, unless the answer was already complete.
         if not finished and not self._closed:
             raise UpstreamCutError("the upstream stream ended before it finished")
