@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import StreamingError
 
-# Their values never appear in an error message or a log line.
-_SECRETS = frozenset({"OPENAI_API_KEY", "API_KEYS"})
+# Their values never appear in an error message or a log line (URLs may hold a password).
+_SECRETS = frozenset({"OPENAI_API_KEY", "API_KEYS", "REDIS_URL", "OPENAI_BASE_URL"})
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # What a key can be for a client to send it in `Authorization: Bearer <key>`.

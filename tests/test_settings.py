@@ -100,11 +100,23 @@ def test_every_bad_setting_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> 
         assert name in str(info.value)
 
 
-def test_an_upstream_key_never_appears_in_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"OPENAI_API_KEY": SECRET, "API_KEYS": f"{SECRET}\u00e9"}, id="keys"),
+        pytest.param({"REDIS_URL": f"http://:{SECRET}@127.0.0.1:6379"}, id="redis-password"),
+        pytest.param({"REDIS_URL": f"redis://:{SECRET}@127.0.0.1:bad"}, id="redis-bad-port"),
+        pytest.param({"OPENAI_BASE_URL": f"ftp://u:{SECRET}@h/v1"}, id="base-url-password"),
+    ],
+)
+def test_a_secret_never_appears_in_a_refusal(monkeypatch: pytest.MonkeyPatch,
+                                             env: dict[str, str]) -> None:
     with pytest.raises(SettingsError) as info:
-        from_env(monkeypatch, OPENAI_API_KEY=SECRET, API_KEYS=f"{SECRET}\u00e9", MAX_STREAMS="x")
+        from_env(monkeypatch, MAX_STREAMS="x", **env)
     assert SECRET not in str(info.value)
     assert "MAX_STREAMS: " in str(info.value)
+    for name in set(env) - {"OPENAI_API_KEY"}:  # a valid key, beside a bad one
+        assert f"{name}: " in str(info.value)
 
 
 @pytest.mark.parametrize(
