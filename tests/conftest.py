@@ -183,4 +183,5 @@ def sim_prompt(**script: Any) -> list[dict[str, Any]]:
     return [{"role": "user", "content": "SIM " + json.dumps(script)}]
 
 
+from nginxfix import nginx_factory  # noqa: E402, F401
 from redisfix import redis_cluster, redis_crashable, redis_server  # noqa: E402, F401

@@ -2,78 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import itertools
-import os
-import re
-import shutil
-import signal
-import subprocess
-import tempfile
+import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import ROOT, free_port, openai_env, sim_prompt, wait_http
+from conftest import openai_env, sim_prompt
+from nginxfix import needs_nginx
 from sseclient import Comment, Event, collect, start, text_of, until_first_token
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-pytestmark = [
-    pytest.mark.nginx,
-    pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed"),
-]
-
-
-class Nginx:
-    """Our nginx.conf, adapted in its ports (and, where a test says so, one timeout)."""
-
-    def __init__(self, backend_port: int, read_timeout: str | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.prefix = Path(tempfile.mkdtemp(prefix="llm-nginx-"))
-        self.prefix.chmod(0o755)
-        conf = (ROOT / "nginx.conf").read_text()
-        conf, n_listen = re.subn(r"listen 8080;", f"listen 127.0.0.1:{self.port};", conf)
-        conf, n_server = re.subn(r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{backend_port};",
-                                 conf)
-        assert n_listen == 1 and n_server == 1, "nginx.conf no longer has the expected ports"
-        if read_timeout is not None:
-            conf, n = re.subn(r"proxy_read_timeout \S+;", f"proxy_read_timeout {read_timeout};",
-                              conf)
-            assert n >= 1  # every stream location
-        (self.prefix / "nginx.conf").write_text(conf)
-        self.log = open(self.prefix / "out.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(self.url + "/healthz", proc=self.proc, log=self.prefix / "out.log")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        shutil.rmtree(self.prefix, ignore_errors=True)
-
-
-@pytest.fixture
-def nginx_factory() -> Iterator[Any]:
-    started: list[Nginx] = []
-
-    def make(backend_port: int, read_timeout: str | None = None) -> Nginx:
-        proxy = Nginx(backend_port, read_timeout)
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
+pytestmark = needs_nginx
 
 
 def test_tokens_arrive_one_by_one_through_nginx(service_factory: Any, nginx_factory: Any,
@@ -124,3 +63,51 @@ def test_client_abort_reaches_the_service_through_nginx(service_factory: Any,
     record = sim.requests[0]
     assert record.wait_closed(10)
     assert record.closed_at - left < 3.0
+
+
+def test_metrics_and_readiness_stay_local(service_factory: Any, nginx_factory: Any,
+                                          sim: Any) -> None:
+    proxy = nginx_factory(service_factory(openai_env(sim)).port)
+    for path in ("/metrics", "/readyz"):
+        assert _get_from(proxy.port, "127.0.0.1", path)[0] == 200
+        # Another address (still this machine's loopback, so the test stays on it): refused.
+        assert _get_from(proxy.port, "127.0.0.2", path)[0] == 403
+    assert _get_from(proxy.port, "127.0.0.2", "/healthz")[0] == 200
+
+
+def test_a_flood_of_starts_meets_nginx_limit_in_the_contract_shape(
+        service_factory: Any, nginx_factory: Any, sim: Any) -> None:
+    proxy = nginx_factory(service_factory(openai_env(sim)).port)
+    statuses = []
+    refused = b""
+    for _ in range(400):
+        # Not JSON: the service refuses it at once (415), so only nginx's limit is measured.
+        status, headers, raw = _post(proxy.port, "/api/chat/stream", b"x")
+        statuses.append(status)
+        if status == 429:
+            refused, retry = raw, headers.get("retry-after")
+    assert set(statuses) == {415, 429}, set(statuses)
+    assert statuses[:200].count(415) == 200  # the burst passes
+    assert json.loads(refused)["error"]["type"] == "too_many_requests" and retry == "1"
+    assert sim.requests == []
+
+
+def _get_from(port: int, source: str, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _post(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
