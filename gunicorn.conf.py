@@ -12,6 +12,10 @@ import shutil
 import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
+# With REDIS_URL set, run one worker per core (and as many hosts as you need): any worker
+# serves any request of any stream. With the in-memory store, a resume, a second follower or a
+# cancel must reach the worker that runs the stream: keep one worker (it serves thousands of
+# streams), or put sticky sessions in front.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 if workers < 1:  # gunicorn would run a master with no worker, answering nothing, forever
     raise SystemExit(f"Error: invalid settings: WEB_CONCURRENCY: must be 1 or more (got {workers})")
@@ -69,6 +73,14 @@ else:
     for _name in os.listdir(_dir):
         if _name.endswith(".db"):
             os.unlink(os.path.join(_dir, _name))
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    if workers > 1 and not os.environ.get("REDIS_URL"):
+        server.log.warning(
+            "WEB_CONCURRENCY=%d with the in-memory store (REDIS_URL unset): a resume, a second "
+            "follower or a cancel that reaches another worker than the stream's will miss it; "
+            "set REDIS_URL, or run one worker", workers)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

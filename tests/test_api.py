@@ -187,6 +187,14 @@ def test_metrics_sum_all_workers(service_factory: Any, sim: Any) -> None:
                                 "max_tokens": 3}))
     _, _, raw = request(svc.url, "GET", "/metrics")
     assert 'llm_streams_ended_total{outcome="length"} 6.0' in raw.decode()
+    # Two workers on the in-memory store: the operator is told what will miss.
+    assert "WEB_CONCURRENCY=2 with the in-memory store" in svc.log()
+
+
+def test_one_worker_or_redis_gets_no_store_warning(service_factory: Any, sim: Any) -> None:
+    svc = service_factory({})
+    assert request(svc.url, "GET", "/healthz")[0] == 200
+    assert "in-memory store" not in svc.log()
 
 
 def test_readiness_follows_the_upstream(service_factory: Any, sim: Any) -> None:
