@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 from conftest import Service, openai_env, sim_prompt
-from redisfix import RedisServer
+from nginxfix import NGINX
+from redisfix import RedisCluster, RedisServer
 from sseclient import Event, attach, collect, request, start, text_of, until_first_token
 
 # IDLE_TIMEOUT well above the waits below: a stalled upstream must end by grace, not idling.
@@ -211,3 +212,69 @@ def test_every_key_has_a_ttl(pair: list[Service], redis_server: RedisServer, pre
     finally:
         client.close()
         running.close()
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+def test_through_nginx_balancing_both_instances(pair: list[Service], nginx_factory: Any,
+                                                sim: Any) -> None:
+    a, b = pair
+    proxy = nginx_factory([a.port, b.port])  # round robin, no sticky sessions
+    words = [f"n{i} " for i in range(60)]
+    stream = start(proxy.url, body(tokens=words, delay=0.02))
+    stream_id = stream.headers["X-Stream-Id"]
+    seen: list[Event] = []
+    for event in stream.events():
+        seen.append(event)
+        if len(seen) == 5:
+            break
+    stream.close()
+    # Resumed twice: round robin sends one of them to the other instance.
+    for _ in range(2):
+        rest = collect(attach(proxy.url, stream_id, seen[-1].id))
+        check_well_formed(rest, first_seq=int(seen[-1].id) + 1)  # type: ignore[arg-type]
+        assert text_of(seen) + text_of(rest) == "".join(words)
+    origin = start(proxy.url, body(tokens=50, stall_after=3))
+    stream_id = origin.headers["X-Stream-Id"]
+    until_first_token(origin)
+    followers = [attach(proxy.url, stream_id, 0) for _ in range(3)]
+    for follower in followers:
+        until_first_token(follower)
+    record = sim.requests[-1]
+    asked = time.monotonic()
+    status, _, _ = request(proxy.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
+    assert status == 202
+    assert record.wait_closed(5)
+    assert record.closed_at - asked < 1.0
+    for response in [origin, *followers]:
+        assert collect(response)[-2].json["finish_reason"] == "cancelled"
+
+
+def test_on_a_redis_cluster_start_on_one_instance_resume_and_cancel_on_another(
+        upstream: Any, redis_cluster: RedisCluster, sim: Any) -> None:
+    env = redis_env(upstream, redis_cluster.url, "cl:", REDIS_CLUSTER=1)
+    a = Service(env)
+    b = Service({**env, "REDIS_URL": redis_cluster.nodes[2].url})
+    try:
+        stream = start(a.url, body(tokens=50, stall_after=3))
+        stream_id = stream.headers["X-Stream-Id"]
+        seen: list[Event] = []
+        for event in stream.events():
+            seen.append(event)
+            if text_of(seen) == "t0 t1 t2 ":
+                break
+        stream.close()
+        resumed = attach(b.url, stream_id, seen[1].id)
+        (record,) = sim.requests
+        asked = time.monotonic()
+        status, _, _ = request(b.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
+        assert status == 202
+        assert record.wait_closed(5)
+        assert record.closed_at - asked < 1.0
+        rest = collect(resumed)
+        check_well_formed(rest, first_seq=int(seen[1].id) + 1)  # type: ignore[arg-type]
+        assert text_of(seen[:2]) + text_of(rest) == "t0 t1 t2 "
+        assert rest[-2].json["finish_reason"] == "cancelled"
+    finally:
+        a.stop()
+        b.stop()
