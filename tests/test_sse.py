@@ -46,6 +46,8 @@ def test_retry_must_be_digits(retry: object) -> None:
         pytest.param("ping", b": ping\n", id="simple"),
         pytest.param("", b":\n", id="empty"),
         pytest.param("a\r\nb", b": a\n: b\n", id="multi-line"),
+        pytest.param("x\u2028data: [DONE]", b": x\n: data: [DONE]\n", id="line-separator"),
+        pytest.param("x\x85y\u2029", b": x\n: y\n:\n", id="next-line-trailing"),
     ],
 )
 def test_comment(text: str, expected: bytes) -> None:

@@ -74,8 +74,12 @@ def encode(
 
 
 def comment(text: str = "") -> bytes:
-    """Comment lines, no blank line after them: clients ignore them, proxies see traffic."""
-    return "".join(f":{' ' if line else ''}{line}\n" for line in _LINE_END.split(text)).encode()
+    """Comment lines, no blank line after them: clients ignore them, proxies see traffic.
+    Split at every line end `str.splitlines` knows, so none can start a field of its own."""
+    lines = text.splitlines() or [""]
+    if text and text[-1] in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+        lines.append("")  # a trailing line end ends an empty last line, as WHATWG reads it
+    return "".join(f":{' ' if line else ''}{line}\n" for line in lines).encode()
 
 
 def _single_line(value: str) -> str:
