@@ -92,7 +92,17 @@ def fixed(server: Server, streams: int, concurrency: int) -> dict[str, Any]:
             "streams_per_s": streams / (time.monotonic() - t0)}
 
 
-def memory(server: Server, streams: int, open_rate: float) -> dict[str, Any]:
+def slow(streams: int, open_rate: float, hold: float, delay: float) -> dict[str, Any]:
+    """Load of slow streams: started over streams/open_rate s, each open `hold` s past the last
+    start, a delta every `delay` s (what is measured is holding streams, not relaying)."""
+    ramp = streams / open_rate
+    tokens = math.ceil((ramp + hold) / delay) + 1
+    return {"streams": streams, "ramp": ramp, "tokens": tokens, "delay": delay,
+            "timeout": ramp + tokens * delay + 60}
+
+
+def memory(server: Server, streams: int, open_rate: float, hold: float,
+           delay: float) -> dict[str, Any]:
     """RSS with `streams` slow streams open, minus warm RSS with none, per stream.
 
     Taken when the load generator sees every stream open at once; if starts are so slow that
@@ -107,10 +117,8 @@ def memory(server: Server, streams: int, open_rate: float) -> dict[str, Any]:
             seen.append(server.rss())
             time.sleep(0.2)
 
-    ramp = streams / open_rate
     t0 = time.monotonic()
-    result = load(server, on_open, streams=streams, ramp=ramp, tokens=8,
-                  delay=max(1.5, ramp / 3), timeout=ramp + 120)
+    result = load(server, on_open, **slow(streams, open_rate, hold, delay))
     out: dict[str, Any] = {**verdicts(result), "warm_rss_mib": warm / 2**20,
                            "all_open": bool(seen), "peak_open": result["peak_open"]}
     if seen:
@@ -129,20 +137,16 @@ def burst(server: Server, streams: int) -> dict[str, Any]:
             "ttft_p99_ms": ms(result["ttft_p99_s"]), "ttft_max_ms": ms(result["ttft_max_s"])}
 
 
-def capacity(server: Server, levels: list[int], open_rate: float,
-             hold: float) -> dict[str, Any]:
+def capacity(server: Server, levels: list[int], open_rate: float, hold: float,
+             delay: float) -> dict[str, Any]:
     """The most concurrent slow streams completed, all exact, trying `levels` in order.
 
     A level passes when every stream is exact and all were open at the same time; the first
     level that fails ends the search."""
     tried, best = [], 0
     for n in levels:
-        ramp = n / open_rate
-        delay = 2.0  # slow: what is measured is holding streams, not relaying deltas
-        tokens = math.ceil((ramp + hold) / delay) + 1
         t0 = time.monotonic()
-        result = load(server, streams=n, ramp=ramp, tokens=tokens, delay=delay,
-                      timeout=ramp + tokens * delay + 60)
+        result = load(server, **slow(n, open_rate, hold, delay))
         passed = result["ok"] == n and result["peak_open"] == n
         tried.append({**verdicts(result), "peak_open": result["peak_open"], "passed": passed,
                       "peak_rss_mib": max((s[2] for s in server.samples if s[0] >= t0),

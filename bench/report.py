@@ -92,6 +92,11 @@ def table(doc: dict[str, Any]) -> str:
     if parse:
         lines.append(f"parse one chunk: ours {_num(parse.get('ours_us'), 1)} µs, the SDK's typed "
                      f"chunk {_num(parse.get('sdk_us'), 1)} µs")
+    for rate, by in (doc["results"].get("cpu") or {}).items():
+        sim = [_get(by, k, "sim_cpu_per_delta_us") for k in (*dict(COLUMNS), "direct")]
+        if any(v is not None for v in sim):
+            lines.append(f"simulator CPU per delta at {rate}/s (ours, b=1, baseline, direct): "
+                         + ", ".join(_num(v) for v in sim) + " µs")
     direct = _get(doc, "results", "burst", "direct")
     if direct:
         lines.append(f"burst straight to the simulator: TTFT p50 / p99 "
