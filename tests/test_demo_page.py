@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from browser import (
@@ -118,6 +119,14 @@ PARSER_CASES = [
     pytest.param([b"\xef\xbb", b"\xbfdata: x\n\n"], [(E, "message", "x", "")], id="bom-dropped"),
     pytest.param([b"id: 3\n\ndata: x\n"], [], id="unfinished-event-discarded"),
     pytest.param([b"data: [DONE]\n\n"], [(E, "message", "[DONE]", "")], id="done-marker"),
+    # The service's opening bytes and heartbeats: no blank line after them, so no empty event.
+    pytest.param([b"retry: 1000\n: ping\nid: 0\ndata: a\n\n: ping\n: ping\nid: 1\ndata: b\n\n"],
+                 [("retry", 1000), ("comment", "ping"), (E, "message", "a", "0"),
+                  ("comment", "ping"), ("comment", "ping"), (E, "message", "b", "1")],
+                 id="retry-and-pings-without-blank-line"),
+    pytest.param([b"retry: 10", b"00\n: pi", b"ng\nid: 0\nda", b"ta: a\n", b": ping\n", b"\n"],
+                 [("retry", 1000), ("comment", "ping"), ("comment", "ping"),
+                  (E, "message", "a", "0")], id="ping-inside-an-event-split-across-chunks"),
 ]
 
 
@@ -168,6 +177,27 @@ def test_crlf_framing_through_the_page(new_page: Any, relay_service: Any) -> Non
     reply = ask(page, "hi")
     assert wait_state(reply) == "done"
     assert content_text(reply) == "Hello wörld"
+
+
+def test_pings_without_blank_lines_through_the_page(new_page: Any, relay_service: Any) -> None:
+    """The v1.1 framing: `retry:` and `: ping` lines with no blank line after them, before the
+    first event and between events; the reply is exactly the tokens, nothing empty added."""
+    page = new_page(relay_service.url)
+    body = ("retry: 1000\n: ping\n"
+            'id: 0\ndata: {"type":"start","stream_id":"s2","model":"m","resume_token":"t"}\n\n'
+            ": ping\n: ping\n"
+            'id: 1\ndata: {"type":"token","token":"Hello","index":0}\n\n'
+            ": ping\n"
+            'id: 2\ndata: {"type":"token","token":" pings","index":1}\n\n'
+            'id: 3\ndata: {"type":"done","finish_reason":"stop","usage":null}\n\n'
+            "data: [DONE]\n\n")
+    page.route("**/api/chat/stream", lambda route: route.fulfill(
+        status=200, body=body,
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Stream-Id": "s2"}))
+    reply = ask(page, "hi")
+    assert wait_state(reply) == "done"
+    assert content_text(reply) == "Hello pings"
+    assert reply.locator(".content p").count() == 1
 
 
 def test_crlf_upstream_real_stream(new_page: Any, relay_service: Any, sim: Any) -> None:
@@ -453,6 +483,203 @@ def test_long_runs_in_model_text_render_in_linear_time(module_page: Any, text: s
     assert elapsed < 3000, f"{elapsed:.0f} ms"
 
 
+# Hostile Markdown of any size n: the shapes that make naive renderers quadratic, recurse
+# without bound or amplify (runs of brackets, parentheses, emphasis markers and backticks,
+# nesting, very long lines and blocks, and a mixture). JavaScript, so each is built in the page.
+HOSTILE_MARKDOWN = r"""(() => {
+  const rep = (s, n) => s.repeat(Math.ceil(n / s.length)).slice(0, n);
+  const nest = (open, close, n) => {
+    const k = Math.floor(n / (open.length + close.length));
+    return open.repeat(k) + "a" + close.repeat(k);
+  };
+  const ramp = (n) => {
+    let s = "";
+    for (let k = 1; s.length < n; k++) s += "`".repeat(k) + "a";
+    return s.slice(0, n);
+  };
+  const mixed = (n) => {
+    const parts = ["[", "](", "*", "_", "`", "> ", "- ", "\n", "(", ")", "![", "<", "|", "**",
+                   "~~", "\\", "#", "```\n", "http://", "a", " ", "1. ", "&#", "***___"];
+    let s = "";
+    for (let x = 1; s.length < n; ) {
+      x = (x * 1103515245 + 12345) % 2147483648;
+      s += parts[x % parts.length];
+    }
+    return s.slice(0, n);
+  };
+  return {
+    brackets: (n) => rep("[", n),
+    "link-openers": (n) => rep("[a](", n),
+    "link-angle-openers": (n) => rep("[a](<", n),
+    "link-titles": (n) => rep('[a](b "', n),
+    parentheses: (n) => rep("(", n / 2) + rep(")", n / 2),
+    "emphasis-markers": (n) => rep("***___", n),
+    "emphasis-openers": (n) => rep("*a ", n),
+    "emphasis-pairs": (n) => rep("*a* ", n),
+    "emphasis-nested": (n) => nest("*_", "_*", n),
+    "images-nested": (n) => nest("![", "](http://x)", n),
+    "links-nested": (n) => nest("[", "](http://x)", n),
+    backticks: (n) => rep("`", n),
+    "backtick-runs": ramp,
+    "quotes-nested": (n) => rep("> ", n - 1) + "x",
+    "quote-lines": (n) => rep("> > > quoted text\n", n),
+    "lists-nested": (n) => rep("- ", n - 1) + "x",
+    "ordered-nested": (n) => rep("1. ", n - 1) + "x",
+    "list-indents": (n) => {
+      let s = "";
+      for (let i = 0; s.length < n; i++) s += " ".repeat((i % 40) * 2) + "- item\n";
+      return s.slice(0, n);
+    },
+    "long-line": (n) => rep("word ", n),
+    "long-word": (n) => rep("a", n),
+    "long-paragraph": (n) => rep("a line of *text* with `code` and [a](http://x)\n", n),
+    "open-fence": (n) => "```\n" + rep("x = 1\n", n),
+    "open-fence-one-line": (n) => "```\n" + rep("x", n),
+    "fence-line-of-backticks": (n) => "```\n" + rep("`", n),
+    "fence-in-list-item": (n) => "- item\n  ```\n" + rep("  code line\n", n),
+    "table-wide-short-rows": (n) => rep("|a", 64) + "\n" + rep("|-", 64) + "\n" + rep("|\n", n),
+    "table-too-wide": (n) => rep("|a", 500) + "\n" + rep("|-", 500) + "\n" + rep("|\n", n),
+    "table-long-row": (n) => "| a | b |\n|---|---|\n| " + rep("x", n),
+    "angle-brackets": (n) => rep("<a:", n),
+    entities: (n) => rep("&#", n),
+    backslashes: (n) => rep("\\", n),
+    "url-closing-parens": (n) => "http://x" + rep(")", n),
+    "url-opening-parens": (n) => rep("(http://", n),
+    "heading-hashes": (n) => "# a" + rep(" #", n),
+    strikethrough: (n) => rep("~~a ", n),
+    mixture: mixed,
+  };
+})()"""
+
+HOSTILE_NAMES = re.findall(r'^    "?([a-z-]+)"?: ', HOSTILE_MARKDOWN, re.M)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_markdown_work_is_linear_and_bounded_per_frame(module_page: Any, name: str) -> None:
+    """Streamed in 512-character pieces with a render after each (a frame's worth), the
+    renderer's counted work (characters scanned, parser steps, DOM nodes made) per character of
+    input stays flat from 10 k to 100 k characters, the most work any one render does stays
+    the same, the DOM stays shallow, and nothing fails."""
+    # Built into the function: the page's CSP allows no eval.
+    result = module_page.evaluate("""async (name) => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const { meter, resetMeter } = await import('/static/markdown/meter.js');
+        const gen = (GENERATORS)[name];
+        const work = () => meter.chars + meter.steps + meter.nodes;
+        const depth = (root) => {
+            let deepest = 0;
+            const walk = [[root, 0]];
+            while (walk.length) {
+                const [node, d] = walk.pop();
+                deepest = Math.max(deepest, d);
+                for (const child of node.children) walk.push([child, d + 1]);
+            }
+            return deepest;
+        };
+        const measure = (n) => {
+            const src = gen(n);
+            const el = document.createElement('div');
+            const md = new MarkdownStream(el);
+            resetMeter();
+            let most = 0;
+            for (let i = 0; i < src.length; i += 512) {
+                const before = work();
+                md.append(src.slice(i, i + 512));
+                md.render();
+                most = Math.max(most, work() - before);
+            }
+            md.finish();
+            return {size: src.length, perChar: work() / src.length, most, depth: depth(el),
+                    failed: md.failed && String(md.failed), text: el.textContent.length};
+        };
+        return [measure(10000), measure(100000)];
+    }""".replace("GENERATORS", HOSTILE_MARKDOWN), name)
+    small, large = result
+    assert abs(large["size"] - 100_000) < 2_000, result
+    assert not small["failed"] and not large["failed"], result
+    assert large["perChar"] < 2 * small["perChar"] + 10, result
+    # A render redraws at most the open tail (under 9 KiB) at each of at most 16 levels of
+    # nesting: bounded whatever n (redrawing a whole 100 k block would be millions).
+    assert small["most"] < 400_000 and large["most"] < 400_000, result
+    assert large["depth"] < 120, result
+
+
+def test_hostile_reply_never_freezes_the_page(service_factory: Any, new_page: Any,
+                                             sim: Any) -> None:
+    """100 k characters of every hostile shape, then a 200 k paragraph, streamed by the real
+    service: the reply ends done with its last words shown, no animation frame does unbounded
+    work, and the page answers the next prompt."""
+    # The script in the prompt carries the whole text (escaped twice): room for it.
+    service = service_factory(openai_env(sim, MAX_BODY_BYTES=8_000_000))
+    page = new_page(service.url)
+    text = page.evaluate("""() => {
+        const gens = Object.values(GENERATORS);
+        return gens.map((gen) => gen(Math.floor(100000 / gens.length))).join("\\n\\n");
+    }""".replace("GENERATORS", HOSTILE_MARKDOWN))
+    # and one open paragraph of 200 k characters, which no frame may redraw whole
+    text += "\n\n\n" + "Some *words* and `code` " * 8400 + "\n\nThe very end."
+    assert len(text) > 300_000
+    page.evaluate("""async () => {
+        const { meter } = await import('/static/markdown/meter.js');
+        const work = () => meter.chars + meter.steps + meter.nodes;
+        const raf = window.requestAnimationFrame.bind(window);
+        window.__frames = {count: 0, most: 0};
+        window.requestAnimationFrame = (callback) => raf((t) => {
+            const before = work();
+            callback(t);
+            window.__frames.count++;
+            window.__frames.most = Math.max(window.__frames.most, work() - before);
+        });
+    }""")
+    tokens = [text[i:i + 2000] for i in range(0, len(text), 2000)]
+    reply = ask(page, sim_text(tokens=tokens, delay=0.01))
+    assert wait_state(reply, timeout=60) == "done"
+    assert content_text(reply).endswith("The very end.")
+    frames = page.evaluate("window.__frames")
+    assert frames["count"] > 0, frames
+    assert frames["most"] < 400_000, frames
+    nxt = ask(page, sim_text(tokens=["Still ", "*here*."]))
+    assert wait_state(nxt) == "done"
+    expect(nxt.locator(".content em")).to_have_text("here")
+
+
+def test_rendering_error_ends_in_error_with_the_text_kept(
+        new_page: Any, relay_service: Any, sim: Any) -> None:
+    """A fault inside the renderer (here: creating <em> throws) does not leave the reply stuck:
+    the text so far and the rest of the stream show as plain text, the reply ends in error, and
+    the next prompt works."""
+    page = new_page(relay_service.url, allow_console=("could not render the reply",))
+    page.evaluate("""() => {
+        const create = Document.prototype.createElement;
+        window.__emBreaks = true;
+        Document.prototype.createElement = function (tag, ...rest) {
+            if (window.__emBreaks && String(tag).toLowerCase() === 'em') {
+                throw new Error('renderer fault injected by the test');
+            }
+            return create.call(this, tag, ...rest);
+        };
+    }""")
+    tokens = ["# Title\n\n", "Some *emphasis*", " here.\n\n", "- and a list\n", "- that goes on"]
+    reply = ask(page, sim_text(tokens=tokens, delay=0.05))
+    assert wait_state(reply) == "error"
+    assert content_text(reply) == "".join(tokens)
+    expect(reply.locator(".content")).to_have_class(re.compile(r"\bplain\b"))
+    expect(reply.locator(".error")).to_contain_text("plain text")
+    expect(reply.locator(".error")).to_contain_text("renderer fault injected by the test")
+    expect(page.locator("#send")).to_be_enabled()
+    # The page goes on: text the fault does not touch renders, then, with the fault gone, the
+    # same emphasis does.
+    second = ask(page, sim_text(tokens=["A **bold** answer."]))
+    assert wait_state(second) == "done"
+    expect(second.locator(".content strong")).to_have_text("bold")
+    page.evaluate("window.__emBreaks = false")
+    third = ask(page, sim_text(tokens=["Some *emphasis* now."]))
+    assert wait_state(third) == "done"
+    expect(third.locator(".content em")).to_have_text("emphasis")
+    # The failed reply went into the conversation as it was generated.
+    assert sim.requests[-1].body["messages"][1] == {"role": "assistant", "content": "".join(tokens)}
+
+
 def test_hostile_output_stays_inert(new_page: Any, relay_service: Any, sim: Any,
                                      exfil_listener: tuple[str, list[str]]) -> None:
     exfil, paths = exfil_listener
@@ -495,7 +722,6 @@ def test_hostile_output_stays_inert(new_page: Any, relay_service: Any, sim: Any,
 
 def test_csp_header_backs_the_page_up(relay_service: Any) -> None:
     import http.client
-    from urllib.parse import urlsplit
 
     parts = urlsplit(relay_service.url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
@@ -681,6 +907,84 @@ def test_resume_applies_each_event_once(new_page: Any, relay_service: Any) -> No
     assert wait_state(reply) == "done"
     assert resumes == ["2"]
     assert content_text(reply) == "kept text and more"
+
+
+def _through_real_service(route: Any, edit: Any) -> None:
+    """Let the POST reach the real service and hand the page its answer, edited by `edit`."""
+    response = route.fetch()
+    route.fulfill(response=response, body=edit(response.text()))
+
+
+def _up_to_terminal(body: str, *, rename: str | None = None) -> str:
+    """The stream's bytes up to its terminal event included (no `[DONE]`): a connection cut
+    right after it. With `rename`, the terminal event's type is one this page does not know."""
+    end = body.index('"type":"done"')
+    end = body.index("\n\n", end) + 2
+    cut = body[:end]
+    return cut.replace('"type":"done"', f'"type":"{rename}"') if rename else cut
+
+
+def test_cut_after_the_terminal_event_needs_no_resume(
+        new_page: Any, relay_service: Any, sim: Any) -> None:
+    """The terminal event is the end: the page stops reading there, and a connection lost
+    before `[DONE]` is not resumed."""
+    page = new_page(relay_service.url)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(f"{r.method} {urlsplit(r.url).path}"))
+    page.route("**/api/chat/stream", lambda route: _through_real_service(route, _up_to_terminal))
+    tokens = ["All ", "of ", "it."]
+    reply = ask(page, sim_text(tokens=tokens))
+    assert wait_state(reply) == "done"
+    assert reply.get_attribute("data-finish-reason") == "stop"
+    assert content_text(reply) == "All of it."
+    expect(page.locator("#send")).to_be_enabled()  # the stream's run is over: nothing follows
+    assert [r for r in requests if "/api/" in r] == ["POST /api/chat/stream"]
+
+
+def test_resume_answered_204_ends_done_without_more_requests(
+        new_page: Any, relay_service: Any, sim: Any) -> None:
+    """The real service answers 204 to a resume at or past the terminal event of an ended
+    stream. Here the page has read every event, but not as a terminal one (a type it does not
+    know, as a newer service might send): its resume gets 204, and the reply ends done with the
+    text it has, with no further request."""
+    page = new_page(relay_service.url)
+    requests: list[tuple[str, str, str | None]] = []
+    statuses: list[tuple[str, int]] = []
+    page.on("request", lambda r: requests.append(
+        (r.method, urlsplit(r.url).path, r.headers.get("last-event-id"))))
+    page.on("response", lambda r: statuses.append((urlsplit(r.url).path, r.status)))
+    page.route("**/api/chat/stream", lambda route: _through_real_service(
+        route, lambda body: _up_to_terminal(body, rename="finished")))
+    tokens = ["Every ", "event ", "was ", "here."]
+    reply = ask(page, sim_text(tokens=tokens, delay=0.01))
+    assert wait_state(reply) == "done"
+    assert content_text(reply) == "Every event was here."
+    assert reply.get_attribute("data-reconnects") == "1"
+    expect(page.locator("#send")).to_be_enabled()  # the stream's run is over: nothing follows
+    api = [r for r in requests if r[1].startswith("/api/")]
+    assert len(api) == 2, api
+    method, path, last_event_id = api[1]
+    assert method == "GET" and path.startswith("/api/chat/stream/")
+    # start, the tokens (joined by the service into one or more events), then the terminal one
+    assert last_event_id is not None and int(last_event_id) >= 2
+    assert (path, 204) in statuses, statuses
+
+
+def test_resume_answered_204_after_a_drop_mid_stream(new_page: Any, relay_service: Any) -> None:
+    page = new_page(relay_service.url)
+    resumes: list[str | None] = []
+
+    def ended(route: Any) -> None:
+        resumes.append(route.request.headers.get("last-event-id"))
+        route.fulfill(status=204)
+
+    page.route("**/api/chat/stream", _truncated_stream)
+    page.route("**/api/chat/stream/gone", ended)
+    reply = ask(page, "hello")
+    assert wait_state(reply) == "done"
+    assert content_text(reply) == "kept text"
+    expect(page.locator("#send")).to_be_enabled()
+    assert resumes == ["2"]
 
 
 def test_gives_up_after_bounded_resume_attempts(new_page: Any, service_factory: Any) -> None:

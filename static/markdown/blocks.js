@@ -11,8 +11,7 @@
 import { meter } from "./meter.js";
 
 const MAX_DEPTH = 16; // hostile nesting (">>>>>>..." or deep lists) ends as plain text
-// A short row still gets a cell per column: without a cap, a header of thousands of columns
-// followed by rows of "|\n" would make thousands of cells per character of model text.
+// Tables wider than this stay text: a header of thousands of columns is no table a model means.
 const MAX_COLUMNS = 64;
 
 const FENCE_OPEN = /^( {0,3})(`{3,}|~{3,})(.*)$/;
@@ -121,11 +120,10 @@ export function splitCells(line) {
   return cells;
 }
 
-/** The cells of a body row, as many as the header has (GFM: extra ones are dropped). */
+/** The cells of a body row, at most as many as the header has (GFM: extra ones are dropped;
+ *  the renderer spans one empty cell over the missing ones). */
 export function rowCells(line, count) {
-  const cells = splitCells(line).slice(0, count);
-  while (cells.length < count) cells.push("");
-  return cells;
+  return splitCells(line).slice(0, count);
 }
 
 function isTableStart(lines, i) {

@@ -98,8 +98,10 @@ export function codeBlock(info, doc) {
   return { pre, code };
 }
 
+/** A row of `align.length` columns; a short row ends in one empty cell spanning the rest (a
+ *  cell per missing column would let rows of "|" make dozens of nodes per character). */
 export function tableRow(cells, align, tag, doc) {
-  meter.nodes += cells.length + 1;
+  meter.nodes += cells.length + 2;
   const tr = doc.createElement("tr");
   cells.forEach((cell, i) => {
     const td = doc.createElement(tag);
@@ -107,6 +109,7 @@ export function tableRow(cells, align, tag, doc) {
     renderInline(cell, td);
     tr.appendChild(td);
   });
+  if (cells.length < align.length) tr.appendChild(doc.createElement(tag)).colSpan = align.length - cells.length;
   return tr;
 }
 

@@ -5,8 +5,9 @@
 // "#" into "#hashtag" or "1" into "1.5"). Finished blocks become frozen DOM; list items are
 // blocks of their own, so a long list freezes item by item into a shared <ul>/<ol>. A fenced
 // code block or a table still open at the top level is not re-rendered at all: complete lines
-// are appended to it (code text, table rows) and only its unfinished line is redrawn. Renders
-// are batched to one per animation frame.
+// are appended to it (code text, table rows); a code line is appended as it grows once it
+// cannot be the closing fence, and a table's unfinished row is redrawn. Renders are batched to
+// one per animation frame.
 //
 // While streaming, a partial last line made only of marker characters ("`", "##", "1.", "---",
 // "|:--") is held back until it is more, so a fence or heading does not flash as text first;
@@ -16,8 +17,8 @@
 // FRAME_BUDGET new characters (the rest waits for the next frame; finish() takes everything);
 // an open block redrawn whole is at most TAIL_LIMIT characters, beyond which what it has so far
 // is frozen as it renders now and the rest goes on as new text (Markdown spanning that cut is
-// not seen as one: only blocks that long are cut); an open fence shows its unfinished line by
-// appending, and a table's unfinished row is shown only while it is short.
+// not seen as one: only blocks that long are cut); a table's unfinished row is shown only while
+// it is short.
 //
 // A rendering error never leaves the reply stuck: the text so far is shown as plain text from
 // then on, and onError is told.
