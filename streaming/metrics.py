@@ -4,6 +4,7 @@ worker writes its own files and `/metrics` sums them, so the page shows all work
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from prometheus_client import (
@@ -14,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from .green import tasks_running
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -83,7 +86,21 @@ class Metrics:
             "SEND_TIMEOUT), write_failed, expired.", ["cause"], registry=reg,
         )
 
+        self.tasks = Gauge(
+            "llm_worker_tasks", "Greenlets (or threads) this worker's streams and stores run, "
+            "per worker: back to its resting value when streams are gone.",
+            registry=reg, multiprocess_mode="liveall",
+        )
+        self.open_files = Gauge(
+            "llm_worker_open_files", "File descriptors this worker holds, per worker.",
+            registry=reg, multiprocess_mode="liveall",
+        )
+
     def exposition(self) -> bytes:
+        # Read when asked, for the worker that answers (cheap: a counter and a directory).
+        self.tasks.set(tasks_running())
+        with contextlib.suppress(OSError):
+            self.open_files.set(len(os.listdir("/proc/self/fd")))
         if self._registry is not None:
             return generate_latest(self._registry)
         registry = CollectorRegistry()
