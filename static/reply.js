@@ -10,7 +10,7 @@ export class Reply {
     this.doc = doc;
     this.text = ""; // the completion text exactly as streamed (joined token events)
     this.reasoningText = "";
-    this.tools = new Map(); // tool-call index -> {name, args, el}
+    this.tools = new Map(); // tool-call index -> {name, args}: the text nodes showing them
     this.startedAt = performance.now();
     this.firstAt = 0;
     this.statsAt = 0;
@@ -114,14 +114,16 @@ export class Reply {
   toolCall(event) {
     let call = this.tools.get(event.index);
     if (!call) {
-      call = { name: "", args: "", el: this.doc.createElement("li") };
+      // Arguments grow by appending: rewriting the whole text per fragment would be quadratic.
+      call = { name: this.doc.createTextNode("tool"), args: this.doc.createTextNode("") };
+      const li = this.doc.createElement("li");
+      li.append("🔧 ", call.name, "(", call.args, ")");
       this.tools.set(event.index, call);
-      this.toolList.appendChild(call.el);
+      this.toolList.appendChild(li);
       this.toolList.hidden = false;
     }
-    if (event.name) call.name = String(event.name);
-    if (event.arguments) call.args += String(event.arguments);
-    call.el.textContent = `🔧 ${call.name || "tool"}(${call.args})`;
+    if (event.name) call.name.data = String(event.name);
+    if (event.arguments) call.args.appendData(String(event.arguments));
     this.firstToken();
     this.onChange();
   }
