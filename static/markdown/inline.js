@@ -1,4 +1,5 @@
-// Inline Markdown (a CommonMark + GFM subset) turned straight into DOM nodes.
+// Inline Markdown (a CommonMark + GFM subset) parsed into a linked list of nodes, which
+// nodes.js turns into DOM nodes. Every scan is linear in the text, whatever the model sends.
 //
 // Model output is untrusted: nodes are made with createElement/createTextNode only, never from
 // markup, and no attribute comes from the text except an href that parsed as an absolute
@@ -6,8 +7,9 @@
 // injected instructions send data out just by being rendered.
 
 import { delimiterRun, delimiterStack, processEmphasis, pushDelimiter } from "./emphasis.js";
-import { linkTail, safeHref } from "./links.js";
+import { linkTail } from "./links.js";
 import { meter } from "./meter.js";
+import { appendNodes } from "./nodes.js";
 
 const ESCAPABLE = /[!-/:-@[-`{-~]/;
 const SPECIAL = /[\\`*_~![\]<&\nh]/g;
@@ -15,9 +17,6 @@ const BARE_URL = /https?:\/\/[^\s<>]+/y;
 const ENTITY = /&(#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});/y;
 const AUTOLINK = /<([a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>/y;
 const BR_TAG = /<br\s*\/?>/iy;
-// Emphasis and links nest no deeper than this in the DOM; deeper levels are their text alone
-// (model text like "*_*_*_..." or "![![![..." must not build a tree that deep).
-const MAX_NESTING = 32;
 const NAMED = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0", copy: "©",
   reg: "®", hellip: "…", mdash: "—", ndash: "–", rarr: "→", larr: "←", times: "×" };
 
@@ -225,101 +224,6 @@ function decodeEntity(name) {
   const code = name[1] === "x" || name[1] === "X" ? parseInt(name.slice(2), 16) : parseInt(name.slice(1), 10);
   if (code === 0 || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return "\ufffd";
   return String.fromCodePoint(code);
-}
-
-// Depth first with a stack of its own: how deep the nodes nest is up to the model's text, and
-// past MAX_NESTING a node's children go straight into the deepest element made. Neighbouring
-// text becomes one text node ("[[[[" is one node, not thousands).
-function appendNodes(first, parent) {
-  const doc = parent.ownerDocument;
-  let text = "";
-  let textParent = null;
-  const flush = () => {
-    if (text) {
-      textParent.appendChild(doc.createTextNode(text));
-      meter.nodes++;
-    }
-    text = "";
-  };
-  const addText = (into, data) => {
-    if (textParent !== into) flush();
-    textParent = into;
-    text += data;
-  };
-  const add = (into, node) => {
-    flush();
-    meter.nodes++;
-    return into.appendChild(node);
-  };
-  const stack = [{ node: first, parent, inLink: false, depth: 0, done: null }];
-  while (stack.length) {
-    const frame = stack[stack.length - 1];
-    const node = frame.node;
-    if (!node) {
-      stack.pop();
-      flush();
-      if (frame.done) frame.done();
-      continue;
-    }
-    frame.node = node.next;
-    const { inLink, depth } = frame;
-    const into = frame.parent;
-    const children = (el, childInLink, done = null) => {
-      const deeper = el !== into;
-      stack.push({ node: node.first, parent: el, inLink: childInLink, depth: deeper ? depth + 1 : depth, done });
-    };
-    switch (node.k) {
-      case "text":
-        addText(into, node.text);
-        break;
-      case "delim":
-        if (node.len > 0) addText(into, node.ch.repeat(node.len));
-        break;
-      case "code":
-        add(into, doc.createElement("code")).textContent = node.text;
-        break;
-      case "br":
-        add(into, doc.createElement("br"));
-        break;
-      case "el":
-        if (depth >= MAX_NESTING) children(into, inLink);
-        else children(add(into, doc.createElement(node.tag)), inLink);
-        break;
-      case "link":
-      case "image":
-        if (depth >= MAX_NESTING) children(into, true);
-        else {
-          // a link inside a link (an image in one, a bare URL in its text) stays text
-          const href = inLink ? null : safeHref(node.href);
-          linkElement(node, href, add(into, doc.createElement(href ? "a" : "span")), inLink, children);
-        }
-        break;
-      default:
-        break;
-    }
-  }
-  flush();
-}
-
-function linkElement(node, href, el, inLink, children) {
-  if (node.k === "image") {
-    el.className = "image-link";
-    const alt = el.ownerDocument.createElement("span");
-    children(alt, true, () => el.append(`[image${alt.textContent ? ": " : ""}`, ...alt.childNodes, "]"));
-  } else {
-    children(el, true);
-  }
-  if (inLink) return;
-  if (href) {
-    el.href = href;
-    el.title = href;
-    el.target = "_blank";
-    el.rel = "noopener noreferrer nofollow";
-    el.referrerPolicy = "no-referrer";
-  } else {
-    el.classList.add("link-removed");
-    el.title = "link removed: only http(s) links are followed";
-  }
 }
 
 // Trailing punctuation is not part of a bare URL; scanned by hand (see stripClosingHashes).

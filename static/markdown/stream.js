@@ -17,24 +17,21 @@
 // FRAME_BUDGET new characters (the rest waits for the next frame; finish() takes everything);
 // an open block redrawn whole is at most TAIL_LIMIT characters, beyond which what it has so far
 // is frozen as it renders now and the rest goes on as new text (Markdown spanning that cut is
-// not seen as one: only blocks that long are cut); a table's unfinished row is shown only while
-// it is short.
+// not seen as one: only blocks that long are cut); open fences and tables look only at their
+// new text (growing.js).
 //
 // A rendering error never leaves the reply stuck: the text so far is shown as plain text from
 // then on, and onError is told.
 
-import { dedent, fenceOpen, interrupts, isBlank, isFenceClose, parseBlocks, rowCells } from "./blocks.js";
+import { fenceOpen, parseBlocks } from "./blocks.js";
+import { GrowingFence, GrowingTable, HOLD } from "./growing.js";
 import { meter } from "./meter.js";
-import { codeBlock, listFor, listKey, renderBlock, renderItem, tableRow } from "./render.js";
+import { codeBlock, listFor, listKey, renderBlock, renderItem } from "./render.js";
 
 const FRAME_BUDGET = 32768;
 const TAIL_LIMIT = 8192;
 const LINE_KEEP = 1024; // of a line longer than TAIL_LIMIT / 2, the part left live when it is cut
-const PARTIAL_ROW_LIMIT = 2048;
 
-// One character class, no nested quantifiers: model text must never make a regex backtrack.
-const HOLD = /^[-=*_+#`~>|:.)0-9 \t]*$/;
-const FENCE_PREFIX = /^ {0,3}(`*|~*)[ \t]*$/;
 
 export class MarkdownStream {
   constructor(container) {
@@ -109,8 +106,9 @@ export class MarkdownStream {
     this._pending += take;
     for (;;) {
       if (this._open) {
-        const grow = this._open.fence ? this._growFence : this._growTable;
-        if (!grow.call(this, this._open)) break; // still open: nothing after it yet
+        const { rest, closed } = this._open.grow(this._pending, this._finished);
+        this._pending = rest;
+        if (!closed) break; // still open: nothing after it yet
         this._open = null;
       } else if (!this._freeze()) {
         if (this._pending.length > TAIL_LIMIT) this._cut();
@@ -183,100 +181,14 @@ export class MarkdownStream {
     if (last.type === "fence") {
       const fence = fenceOpen(lines[keep]);
       const { pre, code } = codeBlock(fence.info, this.doc);
-      const text = this.doc.createTextNode(last.code.join("\n"));
-      code.append(text);
+      const text = code.appendChild(this.doc.createTextNode(last.code.join("\n")));
       this.container.appendChild(pre);
-      this._open = { fence, text, lines: last.code.length, lineOpen: false, scanned: 0, hold: null };
+      this._open = new GrowingFence(fence, text, last.code.length);
     } else {
       const wrap = this.container.appendChild(renderBlock(last, this.doc));
-      this._open = { body: wrap.querySelector("tbody"), align: last.align, partial: null, scanned: 0 };
+      this._open = new GrowingTable(wrap.querySelector("tbody"), last.align);
     }
     return true;
-  }
-
-  // Append an open fence's new complete lines; true once it is closed (or the text is over).
-  // Only new characters are looked at: `scanned` of the pending text is known to hold no line
-  // end, and a line that can no longer be the closing fence joins the code as it grows.
-  _growFence(f) {
-    const src = this._pending;
-    meter.chars += src.length - f.scanned;
-    let start = 0;
-    let closed = false;
-    let added = "";
-    if (f.lineOpen) {
-      const nl = src.indexOf("\n");
-      added = nl === -1 ? src : src.slice(0, nl);
-      start = nl === -1 ? src.length : nl + 1;
-      f.lineOpen = nl === -1;
-    }
-    for (let nl = src.indexOf("\n", Math.max(start, f.scanned)); nl !== -1; nl = src.indexOf("\n", start)) {
-      const line = src.slice(start, nl);
-      start = nl + 1;
-      f.hold = null;
-      if (isFenceClose(line, f.fence)) {
-        closed = true;
-        break;
-      }
-      added += (f.lines++ ? "\n" : "") + dedent(line, f.fence.indent);
-    }
-    let rest = src.slice(start);
-    f.scanned = 0;
-    if (this._finished && !closed) {
-      // the end of the text closes the fence; its unfinished last line is a line too
-      if (rest && !isFenceClose(rest, f.fence)) added += (f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent);
-      rest = "";
-      closed = true;
-    }
-    if (closed) {
-      // what follows the fence is for the blocks after it
-    } else if (rest && !f.lineOpen && !mayCloseFence(f, rest)) {
-      // It cannot be the closing fence any more: it is code, shown as it grows.
-      added += (f.lines++ ? "\n" : "") + dedent(rest, f.fence.indent);
-      f.lineOpen = true;
-      f.hold = null;
-      rest = "";
-    } else if (rest) {
-      f.scanned = rest.length; // held back, unfinished: may yet close the fence
-    }
-    if (added) f.text.appendData(added);
-    this._pending = rest;
-    return closed;
-  }
-
-  // Append a table's new complete rows; true once a line ends it (or the text is over).
-  _growTable(t) {
-    const src = this._pending;
-    meter.chars += src.length - t.scanned;
-    let start = 0;
-    let closed = false;
-    const count = t.align.length;
-    for (let nl = src.indexOf("\n", t.scanned); nl !== -1; nl = src.indexOf("\n", start)) {
-      const line = src.slice(start, nl);
-      if (isBlank(line) || interrupts(line)) {
-        closed = true; // the line belongs to what comes next
-        break;
-      }
-      t.body.appendChild(tableRow(rowCells(line, count), t.align, "td", this.doc));
-      start = nl + 1;
-    }
-    this._pending = src.slice(start);
-    t.scanned = 0;
-    if (t.partial) t.partial.remove();
-    t.partial = null;
-    const rest = this._pending;
-    if (closed) return true;
-    if (this._finished) {
-      if (isBlank(rest) || interrupts(rest)) return true;
-      t.body.appendChild(tableRow(rowCells(rest, count), t.align, "td", this.doc));
-      this._pending = "";
-      return true;
-    }
-    t.scanned = rest.length;
-    // A long unfinished row waits for its line end: redrawing it each frame would not be bounded.
-    if (rest.length <= PARTIAL_ROW_LIMIT && !HOLD.test(rest)) {
-      t.partial = t.body.appendChild(tableRow(rowCells(rest, count), t.align, "td", this.doc));
-    }
-    return false;
   }
 
   _renderTail() {
@@ -327,26 +239,4 @@ export class MarkdownStream {
     for (const node of this._tail) node.remove();
     this._tail = [];
   }
-}
-
-// Could the unfinished line `rest` of an open fence still become its closing fence (up to three
-// spaces, a run of the fence's character, then only spaces or tabs)? Only the characters not
-// seen before are looked at: a hostile line of a hundred thousand backticks costs its length
-// once, not once per frame.
-function mayCloseFence(f, rest) {
-  const h = f.hold || (f.hold = { seen: 0, phase: "indent", spaces: 0 });
-  for (; h.seen < rest.length && h.phase !== "no"; h.seen++) {
-    const c = rest[h.seen];
-    const blank = c === " " || c === "\t";
-    if (h.phase === "indent") {
-      if (c === " " && h.spaces < 3) h.spaces++;
-      else if (c === f.fence.ch) h.phase = "run";
-      else h.phase = blank ? "blank" : "no";
-    } else if (h.phase === "run") {
-      if (c !== f.fence.ch) h.phase = blank ? "trailing" : "no";
-    } else if (!blank) {
-      h.phase = "no"; // after the run, or after four columns of indent: only blanks may follow
-    }
-  }
-  return h.phase !== "no";
 }
