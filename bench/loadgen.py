@@ -60,6 +60,8 @@ class Run:
     def request(self, index: int) -> bytes:
         script = {"tokens": self.tokens, "delay": self.delay,
                   "first_delay": float(self.spec.get("first_delay", 0)), "id": f"s{index}"}
+        if self.spec.get("gate"):  # wire_sim: the last delta waits until the gate is opened
+            script.update(gate=self.spec["gate"], gate_timeout=self.spec.get("gate_timeout", 45))
         messages = [{"role": "user", "content": "SIM " + orjson.dumps(script).decode()}]
         if self.kind == "direct":
             path = "/v1/chat/completions"

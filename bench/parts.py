@@ -7,6 +7,7 @@ the sizes, and returns a dict of plain numbers plus the load generator's verdict
 
 from __future__ import annotations
 
+import http.client
 import math
 import subprocess
 import tempfile
@@ -92,16 +93,32 @@ def fixed(server: Server, streams: int, concurrency: int) -> dict[str, Any]:
             "streams_per_s": streams / (time.monotonic() - t0)}
 
 
+GATE_TIMEOUT = 45.0  # below the service's IDLE_TIMEOUT (60 s): a held stream is not idle
+
+
 def slow(streams: int, open_rate: float, hold: float, delay: float) -> dict[str, Any]:
-    """Load of slow streams: started over streams/open_rate s, each open `hold` s past the last
-    start, a delta every `delay` s (what is measured is holding streams, not relaying)."""
+    """Load of slow streams: started over streams/open_rate s, each a delta every `delay` s for
+    at least `hold` s (what is measured is holding streams, not relaying). The last delta waits
+    at a simulator gate, opened by `release` once every stream is open at once (or after
+    GATE_TIMEOUT), so that however long starting takes, the first streams do not end before the
+    last begin."""
     ramp = streams / open_rate
-    tokens = math.ceil((ramp + hold) / delay) + 1
+    tokens = max(2, math.ceil(hold / delay) + 1)
     return {"streams": streams, "ramp": ramp, "tokens": tokens, "delay": delay,
-            "timeout": ramp + tokens * delay + 60}
+            "gate": f"g{time.monotonic_ns()}", "gate_timeout": GATE_TIMEOUT,
+            "timeout": ramp + tokens * delay + GATE_TIMEOUT + 60}
 
 
-def memory(server: Server, streams: int, open_rate: float, hold: float,
+def release(sim: Server, gate: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=10)
+    try:
+        conn.request("POST", f"/bench/release/{gate}")
+        conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def memory(server: Server, sim: Server, streams: int, open_rate: float, hold: float,
            delay: float) -> dict[str, Any]:
     """RSS with `streams` slow streams open, minus warm RSS with none, per stream.
 
@@ -111,14 +128,16 @@ def memory(server: Server, streams: int, open_rate: float, hold: float,
     time.sleep(1.0)  # let the warm-up's streams end and their memory settle
     warm = server.rss()
     seen: list[int] = []
+    spec = slow(streams, open_rate, hold, delay)
 
     def on_open() -> None:
         for _ in range(3):  # a few samples while every stream is open; the largest counts
             seen.append(server.rss())
             time.sleep(0.2)
+        release(sim, spec["gate"])
 
     t0 = time.monotonic()
-    result = load(server, on_open, **slow(streams, open_rate, hold, delay))
+    result = load(server, on_open, **spec)
     out: dict[str, Any] = {**verdicts(result), "warm_rss_mib": warm / 2**20,
                            "all_open": bool(seen), "peak_open": result["peak_open"]}
     if seen:
@@ -137,7 +156,7 @@ def burst(server: Server, streams: int) -> dict[str, Any]:
             "ttft_p99_ms": ms(result["ttft_p99_s"]), "ttft_max_ms": ms(result["ttft_max_s"])}
 
 
-def capacity(server: Server, levels: list[int], open_rate: float, hold: float,
+def capacity(server: Server, sim: Server, levels: list[int], open_rate: float, hold: float,
              delay: float) -> dict[str, Any]:
     """The most concurrent slow streams completed, all exact, trying `levels` in order.
 
@@ -146,7 +165,8 @@ def capacity(server: Server, levels: list[int], open_rate: float, hold: float,
     tried, best = [], 0
     for n in levels:
         t0 = time.monotonic()
-        result = load(server, **slow(n, open_rate, hold, delay))
+        spec = slow(n, open_rate, hold, delay)
+        result = load(server, lambda spec=spec: release(sim, spec["gate"]), **spec)
         passed = result["ok"] == n and result["peak_open"] == n
         tried.append({**verdicts(result), "peak_open": result["peak_open"], "passed": passed,
                       "peak_rss_mib": max((s[2] for s in server.samples if s[0] >= t0),

@@ -53,7 +53,7 @@ TWO_WORKERS: dict[str, Callable[[int], Server]] = {
     "baseline_w2": lambda sim: start_baseline(sim, workers=2),
 }
 QUICK = {"rate_streams": 50, "duration": 4.0, "fixed_streams": 200, "memory_streams": 300,
-         "burst_streams": 300, "capacity": "300,1000", "hold": 4.0}
+         "burst_streams": 300, "capacity": "300,1000", "hold": 3.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,9 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--memory-streams", type=int, default=1000)
     ap.add_argument("--burst-streams", type=int, default=2000)
     ap.add_argument("--capacity", default="2000,5000,10000", help="levels to try, in order")
-    ap.add_argument("--hold", type=float, default=10.0,
-                    help="memory, capacity: seconds every slow stream stays open after the last "
-                         "one started")
+    ap.add_argument("--hold", type=float, default=5.0,
+                    help="memory, capacity: seconds a slow stream lasts at least (all are held "
+                         "open until the last one has started)")
     ap.add_argument("--slow-delay", type=float, default=2.0,
                     help="memory, capacity: seconds between a slow stream's deltas")
     ap.add_argument("--open-rate", type=float, default=500.0,
@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "memory" in want and name != "ours_b1":
                     say(f"{name}: memory, {args.memory_streams} open streams")
                     results.setdefault("memory", {})[name] = parts.memory(
-                        server, args.memory_streams, args.open_rate, args.hold, args.slow_delay)
+                        server, sim, args.memory_streams, args.open_rate, args.hold,
+                        args.slow_delay)
                 for r in rates if do_rate else []:
                     say(f"{name}: {args.rate_streams} streams x {r:g} deltas/s")
                     results.setdefault("cpu", {}).setdefault(f"{r:g}", {})[name] = parts.rate(
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "capacity" in want:
                     say(f"{name}: capacity, trying {levels}")
                     results.setdefault("capacity", {})[name] = parts.capacity(
-                        server, levels, args.open_rate, args.hold, args.slow_delay)
+                        server, sim, levels, args.open_rate, args.hold, args.slow_delay)
             finally:
                 server.stop()
     finally:

@@ -11,10 +11,13 @@ the same `SIM {...}` script in the last user message, with the keys the benchmar
     first_delay  seconds before the first content delta (default 0)
     id           text prefix of every delta: delta i is f"{id}-{i} " (one space, at the end, so a
                  client can count deltas in joined text); default "t"
+    gate         a name: the last delta waits until `POST /bench/release/<name>` (or `gate_timeout`
+                 s, default 45), so a benchmark can hold thousands of streams open until all of
+                 them have started, however long starting takes
 
 It answers `POST /v1/chat/completions` with `"stream": true` (chunked SSE: a role chunk, the
 content chunks, a finish chunk, a usage chunk when asked, `data: [DONE]`), `GET /v1/models`, and
-keeps connections alive between requests like the real API.
+`POST /bench/release/<gate>`; it keeps connections alive between requests like the real API.
 
     python bench/wire_sim.py [--port 0]    # prints the port, then serves until SIGTERM/SIGINT
 """
@@ -45,6 +48,31 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+class Gates:
+    """Named gates that streams wait at before their last delta, until released."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, set[_Stream]] = {}
+        self.released: set[str] = set()
+
+    def wait(self, name: str, stream: _Stream) -> bool:
+        """True if `stream` must wait (it is then woken by `release`)."""
+        if name in self.released:
+            return False
+        self.waiting.setdefault(name, set()).add(stream)
+        return True
+
+    def forget(self, name: str, stream: _Stream) -> None:
+        self.waiting.get(name, set()).discard(stream)
+
+    def release(self, name: str) -> int:
+        self.released.add(name)
+        streams = self.waiting.pop(name, set())
+        for stream in streams:
+            stream.go()
+        return len(streams)
+
+
 class _Stream:
     """One streamed answer on one connection, written on a fixed schedule."""
 
@@ -65,6 +93,8 @@ class _Stream:
         self.loop = asyncio.get_running_loop()
         self.start = self.loop.time() + float(script.get("first_delay", 0))
         self.timer: asyncio.TimerHandle | None = None
+        self.gate: str | None = script.get("gate")
+        self.gate_timeout = float(script.get("gate_timeout", 45))
 
     def begin(self) -> None:
         role = self._event(b'{"role":"assistant","content":""}', self.tail_open)
@@ -83,8 +113,20 @@ class _Stream:
         else:
             self.timer = self.loop.call_at(due, self._tick)
 
+    def go(self) -> None:
+        """Past the gate: the last delta now (or on schedule, if that is later)."""
+        if self.gate is not None:
+            self.cancel()
+            self.conn.gates.forget(self.gate, self)
+            self.gate = None
+            self._schedule()
+
     def _tick(self) -> None:
         self.timer = None
+        if self.i == self.n - 1 and self.gate is not None and self.conn.gates.wait(self.gate,
+                                                                                  self):
+            self.timer = self.loop.call_later(self.gate_timeout, self.go)
+            return
         if self.i < self.n:
             content = orjson.dumps(delta_text(self.prefix, self.i))
             self.conn.write(_chunk(self._event(b'{"content":' + content + b"}", self.tail_open)))
@@ -108,13 +150,15 @@ class _Stream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.gate is not None:
+            self.conn.gates.forget(self.gate, self)
 
 
 class SimProtocol(asyncio.Protocol):
     """One client connection: HTTP/1.1 requests one after another (keep-alive)."""
 
-    def __init__(self, stats: dict[str, int]) -> None:
-        self.stats = stats
+    def __init__(self, stats: dict[str, int], gates: Gates) -> None:
+        self.stats, self.gates = stats, gates
         self.buf = b""
         self.stream: _Stream | None = None
         self.transport: asyncio.Transport | None = None
@@ -170,6 +214,8 @@ class SimProtocol(asyncio.Protocol):
             self._reply(200, {"object": "list", "data": [model]})
         elif method == "POST" and path == "/v1/chat/completions":
             self._chat(raw)
+        elif method == "POST" and path.startswith("/bench/release/"):
+            self._reply(200, {"released": self.gates.release(path.rsplit("/", 1)[1])})
         else:
             self._reply(404, {"error": {"message": f"no route {method} {path}"}})
         return True
@@ -210,7 +256,8 @@ def raise_open_files_limit(want: int = 65536) -> None:
 async def serve(port: int) -> None:
     loop = asyncio.get_running_loop()
     stats = {"connections": 0, "requests": 0, "completed": 0, "cut": 0}
-    server = await loop.create_server(lambda: SimProtocol(stats), "127.0.0.1", port,
+    gates = Gates()
+    server = await loop.create_server(lambda: SimProtocol(stats, gates), "127.0.0.1", port,
                                       backlog=16384, reuse_address=True)
     print(server.sockets[0].getsockname()[1], flush=True)
     stop = asyncio.Event()
