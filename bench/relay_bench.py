@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--servers", default=",".join([*ONE_WORKER, *TWO_WORKERS]),
                     help="which servers to measure (the simulator is always measured)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
+    ap.add_argument("--replot", type=Path, metavar="JSON",
+                    help="run nothing: print the table and draw the chart of an earlier run")
     ap.add_argument("--chart", type=Path, default=ROOT / "bench/results/latest.png")
     args = ap.parse_args(argv)
     if args.quick:
@@ -215,6 +217,10 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        doc = orjson.loads(args.replot.read_bytes())
+        print(report.table(doc))
+        return 0 if report.chart(doc, args.chart) else 1
     raise_open_files_limit()  # the simulator and the servers inherit it
     started = time.monotonic()
     info = meta(args)

@@ -117,25 +117,27 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    res = doc["results"]
+    res, n = doc["results"], doc["meta"]["args"]["rate_streams"]
     panels: list[tuple[str, dict[str, float | None]]] = []
     for rate, by in (res.get("cpu") or {}).items():
-        panels.append((f"CPU per delta, µs\n(x {rate} deltas/s)",
+        panels.append((f"server CPU per delta, µs\n({n} streams x {rate} deltas/s)",
                        {k: _get(by, k, "cpu_per_delta_us") for k, _ in COLUMNS}))
     if "fixed" in res:
-        panels.append(("CPU per one-delta stream, ms",
+        panels.append(("server CPU per one-delta stream, ms",
                        {k: _get(res, "fixed", k, "cpu_per_stream_ms") for k, _ in COLUMNS}))
     for rate, by in (res.get("ttft") or {}).items():
-        panels.append((f"added TTFT p99, ms\n(x {rate} deltas/s)",
+        panels.append((f"added time to first token p99, ms\n({n} streams x {rate} deltas/s)",
                        {k: _get(by, k, "added_ttft_p99_ms") for k, _ in COLUMNS}))
         break
     if "memory" in res:
         panels.append(("memory per open stream, KiB",
                        {k: _get(res, "memory", k, "per_stream_kib") for k, _ in COLUMNS}))
     if "burst" in res:
-        panels.append(("burst TTFT p99, ms\n(1 worker)",
+        panels.append((f"TTFT p99 of a burst of {doc['meta']['args']['burst_streams']}, ms\n"
+                       "(1 worker)",
                        {k: _get(res, "burst", f"{k}_w1", "ttft_p99_ms") for k, _ in COLUMNS}))
-        panels.append(("burst TTFT p99, ms\n(2 workers)",
+        panels.append((f"TTFT p99 of a burst of {doc['meta']['args']['burst_streams']}, ms\n"
+                       "(2 workers)",
                        {k: _get(res, "burst", f"{k}_w2", "ttft_p99_ms") for k, _ in COLUMNS}))
     if "capacity" in res:
         panels.append(("concurrent slow streams\ncompleted (2 workers)",
@@ -150,7 +152,8 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
         names = [k for k, v in values.items() if v is not None]
         bars = ax.bar(range(len(names)), [values[k] for k in names],
                       color=[COLORS[k] for k in names])
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}",
+                     fontsize=8)
         ax.set_xticks([])
         ax.set_title(title, fontsize=9)
         ax.margins(y=0.15)
