@@ -212,10 +212,10 @@ def test_a_lost_producer_is_ended_once_for_every_follower(
         assert last.startswith("id: 2\n")
         assert json.loads(last.split("data: ", 1)[1])["code"] == "producer_lost"
     assert results["b"] == results["c"]
-    # Written once: one terminal entry, and the producer cannot write after it.
+    # Written once: one terminal entry, and a producer that wakes late cannot write after it.
     assert client(redis_server.url).xlen(f"{prefix}v1:{{s}}:l") == 3
     with pytest.raises(StreamClosedError):
-        a.append("s", 2, [b"late"])
+        b.append("s", 2, [b"late"])
 
 
 def test_redis_lost_then_back(workers: Callable[..., RedisStore],

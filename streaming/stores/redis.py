@@ -15,19 +15,20 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ClusterDownError, NoScriptError, TryAgainError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
 from ..settings import Settings
 from . import redis_scripts as lua
 from .base import Counter, IndexKey, Producer, StreamClosedError, StreamMeta, UnknownStreamError
+from .redis_batch import Batcher
 from .redis_follow import FollowLoop, Mirror
 from .redis_lease import LeaseLoop
 
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Worth another attempt within the retry window: the server is away, busy or failing over.
+# Worth another attempt within the retry window: the server is away, busy or failing over
+# (the builtin errors: the batched writer's own).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError,
-              redis.ReadOnlyError)
+              redis.ReadOnlyError, ConnectionError, TimeoutError)
 
 
 class RedisStore:
@@ -80,6 +82,10 @@ class RedisStore:
         self.lock = threading.Lock()
         self.producers: dict[str, Producer] = {}
         self.closed = threading.Event()
+        # Socket timeouts bound a round trip; a batch waits for the one before it at most.
+        # redis-py's cluster pipelines refuse scripts: there each append is its own call.
+        self._writer = None if settings.REDIS_CLUSTER else Batcher(
+            self._send_appends, self.closed, timeout=retry_for + 8)
         self._lease = LeaseLoop(self)
         self._follow = FollowLoop(self)
 
@@ -103,8 +109,13 @@ class RedisStore:
     def append(self, stream_id: str, seq: int, events: list[bytes], *, end: bool = False) -> None:
         keys = self.keys.stream(stream_id)
         channel = self.keys.notify(stream_id)
-        result = self.call(lambda retried: self._scripts["APPEND"](
-            keys=keys, args=[seq, int(end), self._ended_ttl_ms, int(retried), channel, *events]))
+        def run(retried: bool) -> Any:
+            args = [seq, int(end), self._ended_ttl_ms, int(retried), channel, *events]
+            if self._writer is None:
+                return self._scripts["APPEND"](keys=keys, args=args)
+            return self._writer.submit([*keys, *args])
+
+        result = self.call(run)
         if result == -1:
             raise UnknownStreamError(stream_id)
         if result == 0:
@@ -286,7 +297,10 @@ class RedisStore:
         if self.closed.is_set():
             return
         self.closed.set()
-        for loop in (self._lease.runner, self._follow.runner):
+        loops = [self._lease.runner, self._follow.runner]
+        if self._writer is not None:
+            loops.append(self._writer.runner)
+        for loop in loops:
             loop.join(5)
         with suppress(redis.RedisError):
             # Workers following this one's streams find them lost at once, not after a lease.
@@ -321,6 +335,24 @@ class RedisStore:
             build(pipe)
             return list(pipe.execute())
         return self.call(run)
+
+    def _send_appends(self, batch: list[Sequence[Any]]) -> list[Any]:
+        """Every waiting append in one pipeline (per node): the batched writer's round trip."""
+        sha = self._scripts["APPEND"].sha
+
+        def run(items: list[Sequence[Any]]) -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for args in items:
+                pipe.evalsha(sha, 3, *args)
+            return list(pipe.execute(raise_on_error=False))
+
+        results = run(batch)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # Redis restarted (or failed over) since the script was loaded
+            self.client.script_load(lua.APPEND)
+            for i, result in zip(missing, run([batch[i] for i in missing]), strict=True):
+                results[i] = result
+        return results
 
     def pubsub(self) -> Any:
         return self.client.pubsub(ignore_subscribe_messages=True)
