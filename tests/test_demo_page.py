@@ -558,8 +558,8 @@ HOSTILE_NAMES = re.findall(r'^    "?([a-z-]+)"?: ', HOSTILE_MARKDOWN, re.M)
 def test_hostile_markdown_work_is_linear_and_bounded_per_frame(module_page: Any, name: str) -> None:
     """Streamed in 512-character pieces with a render after each (a frame's worth), the
     renderer's counted work (characters scanned, parser steps, DOM nodes made) per character of
-    input stays flat from 10 k to 100 k characters, the most work any one render does stays
-    the same, the DOM stays shallow, and nothing fails."""
+    input stays flat from 10 k to 100 k characters, no render does more than a fixed amount,
+    the DOM stays shallow, and nothing fails."""
     # Built into the function: the page's CSP allows no eval.
     result = module_page.evaluate("""async (name) => {
         const { MarkdownStream } = await import('/static/markdown/stream.js');
