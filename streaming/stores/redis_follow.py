@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,8 @@ def terminal(meta: StreamMeta, seq: int, event: Failed) -> list[bytes]:
 class FollowLoop:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self._due: set[str] = set()
+        # Streams to read from Redis on the next turn; appended from any thread.
+        self._due: deque[str] = deque()
         self._channels: dict[bytes, str] = {}  # subscribed notification channel -> stream
         self._control = store.keys.control(store.worker_id).encode()
         self.runner = spawn(self._run, "redis-follow")
@@ -113,7 +115,7 @@ class FollowLoop:
         mirror.log.events.extend(events)
         with store.lock:
             mirror = store.mirrors.setdefault(stream_id, mirror)
-        self._due.add(stream_id)  # subscribe, and read what came meanwhile
+        self._due.append(stream_id)  # subscribe, and read what came meanwhile
         return mirror
 
     # -- the loop -----------------------------------------------------------------------
@@ -136,11 +138,13 @@ class FollowLoop:
                 if now - last_poll >= POLL:
                     last_poll = now
                     self._drop_idle(now)
-                    self._due.update(sid for sid, m in list(store.mirrors.items())
+                    self._due.extend(sid for sid, m in list(store.mirrors.items())
                                      if m.followed and now - m.checked >= POLL)
                     self._end_lost()
                 if self._due:
-                    due, self._due = self._due, set()
+                    due = set()
+                    while self._due:
+                        due.add(self._due.popleft())
                     self.refresh(due)
                 failing_since = None
             except Exception as exc:
@@ -167,7 +171,7 @@ class FollowLoop:
         if new:
             pubsub.subscribe(*new)
             # What was appended before the subscription took effect is read once now.
-            self._due.update(want[c] for c in new)
+            self._due.extend(want[c] for c in new)
         if old:
             pubsub.unsubscribe(*old)
         self._channels = want
@@ -198,7 +202,7 @@ class FollowLoop:
             return
         n, _, end = data.decode().partition(" ")
         if len(mirror.log.events) < int(n) or (end and not mirror.log.ended):
-            self._due.add(followed)
+            self._due.append(followed)
 
     # -- reading, in one round trip -----------------------------------------------------
 
@@ -231,7 +235,7 @@ class FollowLoop:
             with store.lock:
                 mirror.add(have, events, store.ttl if ended else None)
             if state == b"ended" and not ended:
-                self._due.add(sid)
+                self._due.append(sid)
 
     # -- lost producers, lost Redis -----------------------------------------------------
 
@@ -256,7 +260,7 @@ class FollowLoop:
                             sid[:8])
             except StreamClosedError:
                 pass  # someone else wrote its end (or more came): read what is there
-            self._due.add(sid)
+            self._due.append(sid)
 
     def _end_unavailable(self) -> None:
         """Redis stayed away: this worker's readers of streams produced elsewhere learn why."""
