@@ -278,3 +278,32 @@ def test_on_a_redis_cluster_start_on_one_instance_resume_and_cancel_on_another(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_threaded_instance_shares_streams_with_gevent_ones(
+        pair: list[Service], upstream: Any, redis_server: RedisServer, prefix: str,
+        sim: Any) -> None:
+    _, b = pair
+    threaded = Service(redis_env(upstream, redis_server.url, prefix), threaded=True)
+    try:
+        words = [f"x{i} " for i in range(30)]
+        stream = start(threaded.url, body(tokens=words, delay=0.02))
+        stream_id = stream.headers["X-Stream-Id"]
+        seen = until_first_token(stream)
+        stream.close()
+        rest = collect(attach(b.url, stream_id, seen[-1].id))
+        assert text_of(seen) + text_of(rest) == "".join(words)
+        # And the other way: started on gevent, followed and cancelled on the threaded one.
+        origin = start(b.url, body(tokens=50, stall_after=2))
+        stream_id = origin.headers["X-Stream-Id"]
+        until_first_token(origin)
+        follower = attach(threaded.url, stream_id, 0)
+        until_first_token(follower)
+        record = sim.requests[-1]
+        status, _, _ = request(threaded.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
+        assert status == 202
+        assert record.wait_closed(5)
+        assert collect(follower)[-2].json["finish_reason"] == "cancelled"
+        assert collect(origin)[-2].json["finish_reason"] == "cancelled"
+    finally:
+        threaded.stop()
