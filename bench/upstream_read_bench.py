@@ -9,7 +9,7 @@ are the transports'. Modes:
 - `socket`: a plain gevent socket, no HTTP parsing: the floor.
 - `httpx2`: the SDK's default transport (httpx2 over httpcore2), `iter_raw()`.
 - `urllib3-transport`: this project's transport under the SDK (`streaming/upstream/
-  transport.py`), `iter_raw()`, as the provider reads it.
+  transport.py`), its body read as the provider reads it.
 - `urllib3`, `geventhttpclient`: the library alone (`read1()`; `readline()`, the only public
   read of geventhttpclient that returns before a whole block has arrived). geventhttpclient
   is not a dependency: `pip install geventhttpclient` to include it.
@@ -50,7 +50,7 @@ import httpx2  # noqa: E402
 import openai  # noqa: E402
 import urllib3  # noqa: E402
 
-from streaming.upstream.transport import Urllib3Transport  # noqa: E402
+from streaming.upstream.transport import Urllib3Transport, body_of  # noqa: E402
 
 MODES = ("socket", "httpx2", "urllib3-transport", "urllib3", "geventhttpclient")
 # It serves until its stdin closes, so that it goes when we do, however we end.
@@ -146,7 +146,8 @@ def read_sdk(clients: Clients, mode: str, body: bytes, opened: Barrier, go: Even
     try:
         opened.arrive()
         go.wait()
-        for _ in response.iter_raw():
+        body = body_of(response)  # as the provider reads it: the transport's own body
+        for _ in response.iter_raw() if body is None else body:
             pass
         done.arrive()
     finally:
