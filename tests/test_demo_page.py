@@ -362,6 +362,47 @@ def test_streamed_render_equals_whole_render(module_page: Any, text: str) -> Non
     assert result["differing"] == [], result["whole"]
 
 
+def _code_lines(prefix: str, n: int) -> str:
+    return "".join(prefix + ("" if i % 50 == 7 else f"x{i} = compute({i})  # step") + "\n"
+                   for i in range(n))
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("1. Step one:\n\n   ```python\n" + _code_lines("   ", 600)
+                 + "   ```\n\n2. Next\n\nAfter.\n", id="list-item"),
+    pytest.param("- Step:\n  ```\n" + _code_lines("  ", 600) + "\n\nAfter the item.\n",
+                 id="list-item-unclosed"),
+    pytest.param("> Quoted:\n> ```js\n" + _code_lines("> ", 600) + "> ```\n\nAfter.\n",
+                 id="quote"),
+])
+def test_long_code_inside_a_container_streams_like_the_whole(module_page: Any, text: str) -> None:
+    """Code longer than the renderer redraws per frame, inside a list item or a quote (as models
+    write steps): it keeps growing in place, and ends as rendering the whole text gives."""
+    assert len(text) > 16_000
+    result = module_page.evaluate("""async (text) => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const { appendBlocks } = await import('/static/markdown/render.js');
+        const { parseBlocks } = await import('/static/markdown/blocks.js');
+        const lines = text.split("\\n");
+        lines.pop();
+        const whole = document.createElement('div');
+        appendBlocks(parseBlocks(lines), whole);
+        const differing = [];
+        for (const size of [7, 100, 1000]) {
+            const el = document.createElement('div');
+            const md = new MarkdownStream(el);
+            for (let i = 0; i < text.length; i += size) {
+                md.append(text.slice(i, i + size));
+                md.render();
+            }
+            md.finish();
+            if (el.innerHTML !== whole.innerHTML) differing.push([size, el.innerHTML.slice(-300)]);
+        }
+        return {whole: whole.innerHTML.slice(-300), differing};
+    }""", text)
+    assert result["differing"] == [], result["whole"]
+
+
 def test_markdown_stream_work_is_linear(module_page: Any) -> None:
     """Characters put into the DOM, streaming in 5-character chunks with a render after each:
     twice the document costs about twice, not four times (finished blocks are frozen DOM; an

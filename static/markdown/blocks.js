@@ -166,7 +166,7 @@ export function parseBlocks(lines, depth = 0) {
         }
         code.push(dedent(lines[i], fence.indent));
       }
-      blocks.push({ type: "fence", start, end: i, info: fence.info, code, closed });
+      blocks.push({ type: "fence", start, end: i, info: fence.info, code, closed, fence });
     } else if ((m = ATX.exec(line))) {
       const text = stripClosingHashes(m[2]);
       blocks.push({ type: "heading", start, end: ++i, level: m[1].length, text });
@@ -239,7 +239,7 @@ function parseItem(lines, i, marker, depth, blocks) {
   }
   inner.length = end - start; // trailing blank lines belong to whatever comes next
   blocks.push({
-    type: "item", start, end,
+    type: "item", start, end, contentIndent: marker.contentIndent,
     ordered: marker.ordered, key: marker.key, number: marker.number,
     blocks: parseBlocks(inner, depth + 1),
   });

@@ -4,19 +4,51 @@
 // line end, so a hostile line of a hundred thousand characters costs its length once, not once
 // per frame.
 
-import { dedent, interrupts, isBlank, isFenceClose, rowCells } from "./blocks.js";
+import { dedent, indentOf, interrupts, isBlank, isFenceClose, rowCells } from "./blocks.js";
 import { meter } from "./meter.js";
 import { tableRow } from "./render.js";
 
 // One character class, no nested quantifiers: model text must never make a regex backtrack.
 export const HOLD = /^[-=*_+#`~>|:.)0-9 \t]*$/;
+const QUOTE = /^ {0,3}> ?/;
 const PARTIAL_ROW_LIMIT = 2048;
 
+/**
+ * The fence still open at the end of `block` inside list items and block quotes, or null:
+ * {grow(node)} makes the GrowingFence that goes on filling it, given the DOM node made for
+ * `block`. Its lines then go through the containers' rules: an item takes blank lines and lines
+ * indented to its content, a quote lines starting with ">"; any other line ends them, and the
+ * fence with them.
+ */
+export function nestedFence(block) {
+  const path = [];
+  for (let b = block; b; b = b.blocks[b.blocks.length - 1]) {
+    if (b.type === "fence") {
+      if (b.closed || !path.length) return null;
+      return {
+        grow(node) {
+          let pre = node;
+          while (pre && pre.tagName !== "PRE") pre = pre.lastElementChild;
+          const code = pre.firstElementChild;
+          const text = code.lastChild || code.appendChild(code.ownerDocument.createTextNode(""));
+          return new GrowingFence(b.fence, text, b.code.length, path);
+        },
+      };
+    }
+    if (b.type === "item") path.push(b.contentIndent);
+    else if (b.type === "quote") path.push(QUOTE);
+    else return null;
+  }
+  return null;
+}
+
 export class GrowingFence {
-  constructor(fence, text, lines) {
+  constructor(fence, text, lines, path = null) {
     this.fence = fence; // fenceOpen() of its opening line
     this.text = text; // the code's text node
     this.lines = lines; // lines in it so far
+    this.path = path; // inside containers (see nestedFence): their content indents and quotes
+    this.blanks = 0; // blank lines inside them not yet known to be code
     this.lineOpen = false; // its last line is unfinished but shown (it cannot close the fence)
     this.scanned = 0;
     this.hold = null; // how far the unfinished line is known to look like a closing fence
@@ -24,6 +56,7 @@ export class GrowingFence {
 
   /** Take the pending text: {rest, closed}; closed once the fence is (or the text is over). */
   grow(src, finished) {
+    if (this.path) return this._growNested(src, finished);
     meter.chars += src.length - this.scanned;
     let start = 0;
     let closed = false;
@@ -63,6 +96,65 @@ export class GrowingFence {
     }
     if (added) this.text.appendData(added);
     return { rest, closed };
+  }
+
+  // Inside containers only complete lines are taken (an unfinished one waits for its end).
+  // Blank lines wait too: at the end of a list item they are not the item's (nor its code's).
+  _growNested(src, finished) {
+    meter.chars += src.length - this.scanned;
+    let start = 0;
+    let closed = false;
+    let added = "";
+    for (let nl = src.indexOf("\n", this.scanned); nl !== -1 && !closed; nl = src.indexOf("\n", start)) {
+      const raw = src.slice(start, nl);
+      const inner = this._inner(raw);
+      if (inner === null) {
+        closed = true; // the line ends the containers: it is for what follows
+        break;
+      }
+      start = nl + 1;
+      closed = isFenceClose(inner, this.fence);
+      if (closed) added += this._blanks();
+      else if (isBlank(raw)) this.blanks++;
+      else added += this._blanks() + this._line(inner);
+    }
+    let rest = src.slice(start);
+    this.scanned = 0;
+    if (!closed && finished) {
+      const inner = rest ? this._inner(rest) : null;
+      if (inner !== null) {
+        if (!isBlank(rest) && !isFenceClose(inner, this.fence)) added += this._blanks() + this._line(inner);
+        rest = "";
+      }
+      closed = true;
+    } else if (!closed) {
+      this.scanned = rest.length;
+    }
+    if (added) this.text.appendData(added);
+    return { rest, closed };
+  }
+
+  _blanks() {
+    let out = "";
+    for (; this.blanks > 0; this.blanks--) out += this._line("");
+    return out;
+  }
+
+  // The line as the fence sees it inside its containers, or null if it ends them.
+  _inner(line) {
+    for (const level of this.path) {
+      if (level === QUOTE) {
+        if (!QUOTE.test(line)) return null;
+        line = line.replace(QUOTE, "");
+      } else if (isBlank(line)) {
+        line = "";
+      } else if (indentOf(line) >= level) {
+        line = dedent(line, level);
+      } else {
+        return null;
+      }
+    }
+    return line;
   }
 
   _line(line) {

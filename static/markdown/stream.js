@@ -24,7 +24,7 @@
 // then on, and onError is told.
 
 import { fenceOpen, parseBlocks } from "./blocks.js";
-import { GrowingFence, GrowingTable, HOLD } from "./growing.js";
+import { GrowingFence, GrowingTable, HOLD, nestedFence } from "./growing.js";
 import { meter } from "./meter.js";
 import { codeBlock, listFor, listKey, renderBlock, renderItem } from "./render.js";
 
@@ -43,7 +43,8 @@ export class MarkdownStream {
     this._afterCR = false;
     this._tail = []; // nodes of the live tail, replaced on each render
     this._list = null; // {el, key}: the last frozen top-level list, which new items may join
-    this._open = null; // a top-level fence or table that grows in place: see _grow*
+    this._open = null; // a fence or table that grows in place (growing.js)
+    this._lastNode = null; // the last top-level node made
     this._frame = 0;
     this._finished = false;
     this._plain = null; // after a rendering error: the text node showing the source
@@ -136,23 +137,34 @@ export class MarkdownStream {
   }
 
   // The open block is over TAIL_LIMIT: freeze it as it renders now and go on with the rest as
-  // new text, cut at the last line end, or near the end of a very long line.
+  // new text, cut at the last line end, or near the end of a very long line. A fence open
+  // inside it (code in a list item or a quote, as models write) goes on growing in place.
   _cut() {
     const src = this._pending;
-    let cut = src.lastIndexOf("\n") + 1;
-    if (src.length - cut > TAIL_LIMIT / 2) {
-      cut = src.length - LINE_KEEP;
-      const space = src.lastIndexOf(" ", cut);
-      if (space > cut - 64) cut = space + 1;
-      const c = src.charCodeAt(cut);
-      if (c >= 0xdc00 && c <= 0xdfff) cut--; // not between the halves of a surrogate pair
-    }
     meter.chars += src.length;
-    const lines = src.slice(0, cut).split("\n");
-    if (lines[lines.length - 1] === "") lines.pop();
+    let cut = src.lastIndexOf("\n") + 1;
+    if (cut > 0) {
+      const blocks = parseBlocks(src.slice(0, cut - 1).split("\n"));
+      const nested = nestedFence(blocks[blocks.length - 1]);
+      if (nested || src.length - cut <= TAIL_LIMIT / 2) {
+        this._pending = src.slice(cut);
+        this._freezeAll(blocks);
+        if (nested) this._open = nested.grow(this._lastNode);
+        return;
+      }
+    }
+    cut = src.length - LINE_KEEP;
+    const space = src.lastIndexOf(" ", cut);
+    if (space > cut - 64) cut = space + 1;
+    const c = src.charCodeAt(cut);
+    if (c >= 0xdc00 && c <= 0xdfff) cut--; // not between the halves of a surrogate pair
     this._pending = src.slice(cut);
+    this._freezeAll(parseBlocks(src.slice(0, cut).split("\n")));
+  }
+
+  _freezeAll(blocks) {
     this._clearTail();
-    for (const block of parseBlocks(lines)) this._emit(block, this, false);
+    for (const block of blocks) this._emit(block, this, false);
   }
 
   // Freeze finished blocks; true if the last block is an open fence or a table, which from now
@@ -233,6 +245,7 @@ export class MarkdownStream {
       state._list = null;
     }
     if (live) this._tail.push(node);
+    this._lastNode = node;
   }
 
   _clearTail() {
