@@ -645,6 +645,33 @@ def test_hostile_markdown_work_is_linear_and_bounded_per_frame(module_page: Any,
     assert large["depth"] < 120, result
 
 
+def test_a_backlog_is_rendered_a_frame_at_a_time(module_page: Any) -> None:
+    """Text that piled up while no frame ran (a tab in the background) is taken a bounded
+    amount per frame, the next frames catching up; finish() then shows everything at once."""
+    result = module_page.evaluate("""async () => {
+        const { MarkdownStream } = await import('/static/markdown/stream.js');
+        const { meter } = await import('/static/markdown/meter.js');
+        const work = () => meter.chars + meter.steps + meter.nodes;
+        let text = "";
+        let count = 0;
+        while (text.length < 300000) text += `Paragraph ${count++} with *some* words.\\n\\n`;
+        const el = document.createElement('div');
+        const md = new MarkdownStream(el);
+        md.append(text);
+        const frames = [];
+        while (el.textContent.length < text.length * 0.85 && frames.length < 100) {
+            const before = work();
+            md.render();
+            frames.push(work() - before);
+        }
+        md.finish();
+        return {frames, shown: el.querySelectorAll('p').length, expected: count};
+    }""")
+    assert len(result["frames"]) >= 5, result["frames"]
+    assert max(result["frames"]) < 400_000, result["frames"]
+    assert result["shown"] == result["expected"]
+
+
 def test_hostile_reply_never_freezes_the_page(service_factory: Any, new_page: Any,
                                              sim: Any) -> None:
     """100 k characters of every hostile shape, then a 200 k paragraph, streamed by the real
