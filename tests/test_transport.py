@@ -65,6 +65,7 @@ class RawServer:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.replies: dict[str, list[Part]] = {}
         self.requests: list[tuple[int, str]] = []
+        self.heads: list[bytes] = []  # each request's line and header fields
         self.client_closed = threading.Event()
         self._tls = tls
         self._released = threading.Event()
@@ -125,6 +126,7 @@ class RawServer:
                 path = head.split(b" ")[1].decode()
                 with self._lock:
                     self.requests.append((number, path))
+                    self.heads.append(head)
                 for part in self.replies[path]:
                     if part is CLOSE:
                         return
@@ -604,3 +606,15 @@ def test_under_gevent_close_and_kill_unblock_and_bodies_are_reused(
     # Both full bodies on the first connection; each abandoned one closed its own.
     assert server.requests == [(1, "/full"), (1, "/full"), (1, "/hold"), (2, "/hold"),
                                (3, "/next")]
+
+
+def test_request_fields_reach_the_server_once_each(server: RawServer,
+                                                   client: httpx2.Client) -> None:
+    server.replies["/echo"] = [with_length(b"ok")]
+    response = client.post(server.url("/echo"), content=b"{}",
+                           headers=[("X-One", "1"), ("X-Twice", "a"), ("x-twice", "b")])
+    assert response.content == b"ok"
+    head = server.heads[0].lower().split(b"\r\n")
+    assert head.count(b"x-one: 1") == 1 and head.count(b"host: 127.0.0.1:%d" % server.port) == 1
+    assert sorted(line for line in head if line.startswith(b"x-twice")) == [b"x-twice: a",
+                                                                          b"x-twice: b"]

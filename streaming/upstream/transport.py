@@ -171,8 +171,7 @@ class Urllib3Transport(httpx2.BaseTransport):
         try:
             response = self._pool(url).urlopen(
                 request.method, url.raw_path.decode("ascii"), body=request.read() or None,
-                headers=urllib3.HTTPHeaderDict(
-                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]),
+                headers=_fields(request.headers.raw),
                 retries=False, redirect=False, assert_same_host=False,
                 timeout=self._timeout(timeouts.get("connect"), timeouts.get("read")),
                 pool_timeout=timeouts.get("pool"),
@@ -208,6 +207,15 @@ class Urllib3Transport(httpx2.BaseTransport):
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def _fields(raw: list[tuple[bytes, bytes]]) -> Any:
+    """Request header fields for urllib3: a plain dict when no name repeats (the usual case,
+    and the cheaper one), else a multi-dict that keeps every field."""
+    fields = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+    if len({k.lower() for k in fields}) == len(raw):
+        return fields
+    return urllib3.HTTPHeaderDict([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw])
 
 
 def _socket(response: urllib3.BaseHTTPResponse) -> socket.socket | None:
