@@ -240,10 +240,12 @@ class RedisStore:
         if counter[0] == "followers":
             keys.append(self.keys.stream(counter[1])[0])
 
+        # Counts are at least once: a retry after a reply was lost counts again (rare, and
+        # bounded by the key's TTL); a retry that never counted is the usual case.
         def run(decrement: bool, prune: bool) -> list[Any]:
-            return list(self.call(lambda retried: self._scripts["RELEASE"](
+            return list(self.call(lambda _: self._scripts["RELEASE"](
                 keys=keys, args=[self.worker_id, self.keys.control(""), counter[1],
-                                 int(decrement and not retried), int(prune), *self._live()])))
+                                 int(decrement), int(prune), *self._live()])))
 
         result = run(True, False)
         if result[0] == -1:
