@@ -29,6 +29,7 @@ from ..settings import Settings
 from . import redis_scripts as lua
 from .base import Counter, IndexKey, Producer, StreamClosedError, StreamMeta, UnknownStreamError
 from .redis_batch import Batcher
+from .redis_counters import Counters
 from .redis_follow import FollowLoop, Mirror
 from .redis_lease import LeaseLoop
 
@@ -53,12 +54,12 @@ class RedisStore:
         self.worker_id = worker_id or secrets.token_hex(8)
         self.keys = lua.Keys(settings.REDIS_PREFIX)
         self.retry_for = retry_for
-        self.lease = lease
+        self.lease_seconds = lease
         self.linger = linger
         self._ended_ttl_ms = max(1, int(settings.STREAM_TTL * 1000))
         # Running streams outlive STREAM_TIMEOUT, the longest a producer runs, by the time it
         # may then be resumed: no key is ever without a TTL, even if its worker dies.
-        self._running_ttl_ms = int((settings.STREAM_TIMEOUT + settings.STREAM_TTL + 60) * 1000)
+        self.running_ttl_ms = int((settings.STREAM_TIMEOUT + settings.STREAM_TTL + 60) * 1000)
         self._index_ttl_ms = max(1, int((settings.STREAM_TIMEOUT + settings.STREAM_TTL) * 1000))
         self.ttl = settings.STREAM_TTL
         timeouts: dict[str, Any] = {
@@ -86,18 +87,19 @@ class RedisStore:
         # redis-py's cluster pipelines refuse scripts: there each append is its own call.
         self._writer = None if settings.REDIS_CLUSTER else Batcher(
             self._send_appends, self.closed, timeout=retry_for + 8)
-        self._lease = LeaseLoop(self)
+        self.lease = LeaseLoop(self)
+        self._counters = Counters(self)
         self._follow = FollowLoop(self)
 
     # -- the log ------------------------------------------------------------------------
 
     def create(self, meta: StreamMeta, events: list[bytes]) -> None:
-        if not self._lease.fresh():
-            self._lease.renew()  # a stream must not start under a lapsed lease
+        if not self.lease.fresh():
+            self.lease.renew()  # a stream must not start under a lapsed lease
         fields = lua.meta_fields(meta)
         meta_key, log_key, _ = self.keys.stream(meta.stream_id)
         ok = self.call(lambda retried: self._scripts["CREATE"](
-            keys=[meta_key, log_key], args=[self._running_ttl_ms, int(retried), meta.resume_token,
+            keys=[meta_key, log_key], args=[self.running_ttl_ms, int(retried), meta.resume_token,
                                len(fields) // 2, *fields, *events]))
         if not ok:
             raise ValueError("stream id already in use")
@@ -192,7 +194,7 @@ class RedisStore:
             with self.lock:
                 mirror.add(len(mirror.log.events), events, self.ttl)
             if mirror.local:
-                self._lease.orphans.add(stream_id)  # its end is written when Redis is back
+                self.lease.orphans.add(stream_id)  # its end is written when Redis is back
 
     # -- control ------------------------------------------------------------------------
 
@@ -219,51 +221,13 @@ class RedisStore:
     # -- presence and limits ------------------------------------------------------------
 
     def acquire(self, counter: Counter, limit: int) -> bool:
-        key = self._counter_key(counter)
-        if not self._lease.fresh():
-            self._lease.renew()  # counted only under a lease, so others never prune it
-
-        def run(prune: bool) -> int:
-            return int(self.call(lambda _: self._scripts["ACQUIRE"](
-                keys=[key], args=[limit, self.worker_id, self._running_ttl_ms, int(prune),
-                                  *self._live()])))
-
-        result = run(False)
-        if result == -1:  # a worker this one has not seen yet, or a dead one
-            self._lease.renew()
-            result = run(True)
-        return result == 1
+        return self._counters.acquire(counter, limit)
 
     def release(self, counter: Counter) -> None:
-        key = self._counter_key(counter)
-        keys = [key]
-        if counter[0] == "followers":
-            keys.append(self.keys.stream(counter[1])[0])
-
-        # Counts are at least once: a retry after a reply was lost counts again (rare, and
-        # bounded by the key's TTL); a retry that never counted is the usual case.
-        def run(decrement: bool, prune: bool) -> list[Any]:
-            return list(self.call(lambda _: self._scripts["RELEASE"](
-                keys=keys, args=[self.worker_id, self.keys.control(""), counter[1],
-                                 int(decrement), int(prune), *self._live()])))
-
-        result = run(True, False)
-        if result[0] == -1:
-            self._lease.renew()
-            result = run(False, True)
-        if len(result) > 1:  # the last follower left a running stream: tell its producer
-            producer = self.producers.get(counter[1])
-            if producer is not None:
-                producer.presence_changed()
+        self._counters.release(counter)
 
     def count(self, counter: Counter) -> int:
-        key = self._counter_key(counter)
-        counts = {w.decode(): int(n) for w, n in self.call(lambda _: self.client.hgetall(key))
-                  .items()}
-        if not counts.keys() <= self._live():
-            self._lease.renew()
-        live = self._live()
-        return sum(n for w, n in counts.items() if w in live and n > 0)
+        return self._counters.count(counter)
 
     # -- indexes ------------------------------------------------------------------------
 
@@ -299,7 +263,7 @@ class RedisStore:
         if self.closed.is_set():
             return
         self.closed.set()
-        loops = [self._lease.runner, self._follow.runner]
+        loops = [self.lease.runner, self._follow.runner]
         if self._writer is not None:
             loops.append(self._writer.runner)
         for loop in loops:
@@ -356,22 +320,11 @@ class RedisStore:
                 results[i] = result
         return results
 
-    def pubsub(self) -> Any:
-        return self.client.pubsub(ignore_subscribe_messages=True)
-
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys=keys, args=args)
 
-    @property
-    def live(self) -> frozenset[str]:
-        """The workers whose lease was live at this worker's last renewal."""
-        return self._lease.live
-
-    def lease_fresh(self) -> bool:
-        return self._lease.fresh()
-
-    def renew_lease(self) -> None:
-        self._lease.renew()
+    def pubsub(self) -> Any:
+        return self.client.pubsub(ignore_subscribe_messages=True)
 
     def eviction_policy(self) -> str | None:
         """Redis's maxmemory-policy, or None if CONFIG is not allowed (managed Redis)."""
@@ -382,12 +335,3 @@ class RedisStore:
         for value in (reply.values() if isinstance(reply, dict) else []):
             return value.decode() if isinstance(value, bytes) else str(value)
         return None
-
-    def _live(self) -> frozenset[str]:
-        return self.live | {self.worker_id}
-
-    def _counter_key(self, counter: Counter) -> str:
-        kind, name = counter
-        if kind == "followers":
-            return self.keys.stream(name)[2]
-        return self.keys.counter(kind, name)

@@ -242,13 +242,13 @@ class FollowLoop:
     def _end_lost(self) -> None:
         store = self.store
         suspects = [sid for sid, m in list(store.mirrors.items())
-                    if m.followed and m.meta.worker not in store.live]
-        if not suspects or not store.lease_fresh():
+                    if m.followed and m.meta.worker not in store.lease.live]
+        if not suspects or not store.lease.fresh():
             return  # without a fresh view of the leases, nobody is declared lost
-        store.renew_lease()  # a worker that started a moment ago is not lost
+        store.lease.renew()  # a worker that started a moment ago is not lost
         for sid in suspects:
             mirror = store.mirrors.get(sid)
-            if mirror is None or mirror.meta.worker in store.live:
+            if mirror is None or mirror.meta.worker in store.lease.live:
                 continue
             self.refresh({sid})
             if not mirror.followed:

@@ -38,12 +38,12 @@ class LeaseLoop:
 
     def fresh(self) -> bool:
         """Renewed recently enough that this worker's streams cannot be taken for lost."""
-        return time.monotonic() - self.renewed < self.store.lease / 2
+        return time.monotonic() - self.renewed < self.store.lease_seconds / 2
 
     def renew(self) -> None:
         """Renew this worker's lease and learn which workers are live."""
         store = self.store
-        lease_ms = int(store.lease * 1000)
+        lease_ms = int(store.lease_seconds * 1000)
         live = store.call(lambda _: store.script("LEASE", [store.keys.workers],
                                                  [store.worker_id, lease_ms, lease_ms * 12]))
         self.live = frozenset(w.decode() for w in live)
