@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import orjson
 from sse_reader import ResponseError, ResponseReader
-from wire_sim import delta_text, raise_open_files_limit
+from wire_sim import delta_text, end_text, raise_open_files_limit
 
 BUCKET = 0.01  # seconds per bucket of the delta arrival histogram
 
@@ -56,12 +56,16 @@ class Run:
         self.open = 0  # streams that have had a first delta and have not ended
         self.peak_open = 0
         self.all_open_at: float | None = None
+        # At most this many streams between connecting and their first delta: starts then go at
+        # the pace the server accepts them instead of overflowing its listen backlog.
+        self.starting = asyncio.Semaphore(int(spec.get("max_starting") or 1 << 30))
+        self.stopped = False  # past the deadline: start nothing more
 
     def request(self, index: int) -> bytes:
         script = {"tokens": self.tokens, "delay": self.delay,
                   "first_delay": float(self.spec.get("first_delay", 0)), "id": f"s{index}"}
-        if self.spec.get("gate"):  # wire_sim: the last delta waits until the gate is opened
-            script.update(gate=self.spec["gate"], gate_timeout=self.spec.get("gate_timeout", 45))
+        if self.spec.get("gate"):  # wire_sim: deltas go on until the gate opens, then an end
+            script.update(gate=self.spec["gate"], gate_timeout=self.spec.get("gate_timeout", 300))
         messages = [{"role": "user", "content": "SIM " + orjson.dumps(script).decode()}]
         if self.kind == "direct":
             path = "/v1/chat/completions"
@@ -74,8 +78,17 @@ class Run:
                 b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
                 % (path.encode(), len(body), body))
 
-    def expected(self, index: int) -> str:
-        return "".join(delta_text(f"s{index}", i) for i in range(self.tokens))
+    def exact(self, index: int, text: str) -> bool:
+        """Is `text` exactly what the simulator sent? A gated stream sends `tokens` deltas or
+        more (as many as it took to open the gate), then its end marker."""
+        prefix = f"s{index}"
+        if not self.spec.get("gate"):
+            return text == "".join(delta_text(prefix, i) for i in range(self.tokens))
+        end = end_text(prefix)
+        body = text[:-len(end)]
+        n = body.count(" ")
+        return (text.endswith(end) and n >= self.tokens
+                and body == "".join(delta_text(prefix, i) for i in range(n)))
 
 
 class StreamClient(asyncio.Protocol):
@@ -92,6 +105,7 @@ class StreamClient(asyncio.Protocol):
         self.error: str | None = None
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.started = asyncio.Event()  # the first delta came, or the stream ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -119,7 +133,8 @@ class StreamClient(asyncio.Protocol):
             self._end(self._verdict())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._end(self._verdict() if self.saw_done else "cut")
+        self._end(self._verdict() if self.saw_done else
+                  "cut" if self.reader.status else "no_response")
 
     def _text(self, obj: dict[str, Any]) -> str | None:
         kind = self.run.kind
@@ -139,6 +154,7 @@ class StreamClient(asyncio.Protocol):
         run = self.run
         if self.first is None:
             self.first = now
+            self.started.set()
             run.ttft.append(now - self.sent)
             run.first_at.append(now)
             run.open += 1
@@ -161,11 +177,12 @@ class StreamClient(asyncio.Protocol):
             return f"error_{self.error}"
         if self.run.kind == "ours" and self.finish != "stop":
             return f"finish_{self.finish}"
-        return "ok" if "".join(self.pieces) == self.run.expected(self.index) else "mismatch"
+        return "ok" if self.run.exact(self.index, "".join(self.pieces)) else "mismatch"
 
     def _end(self, verdict: str) -> None:
         if self.done.done():
             return
+        self.started.set()
         if self.first is not None:
             self.run.open -= 1
             self.run.end_at.append(time.monotonic())
@@ -173,22 +190,27 @@ class StreamClient(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        self._end("timeout")
+    def abort(self, verdict: str = "timeout") -> None:
+        self._end(verdict)
 
 
-async def one(run: Run, index: int, start_at: float, gate: asyncio.Semaphore,
+async def one(run: Run, index: int, start_at: float, slots: asyncio.Semaphore,
               clients: set[StreamClient]) -> None:
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    async with gate:
+    async with slots:
         loop = asyncio.get_running_loop()
-        sent = time.monotonic()
-        client = StreamClient(run, index, sent)
-        clients.add(client)
-        try:
-            await loop.create_connection(lambda: client, "127.0.0.1", int(run.spec["port"]))
-        except OSError as exc:
-            client.done.set_result(f"connect_{type(exc).__name__}")
+        async with run.starting:
+            if run.stopped:
+                run.errors["not_started"] += 1
+                return
+            sent = time.monotonic()
+            client = StreamClient(run, index, sent)
+            clients.add(client)
+            try:
+                await loop.create_connection(lambda: client, "127.0.0.1", int(run.spec["port"]))
+            except OSError as exc:
+                client.abort(f"connect_{type(exc).__name__}")
+            await client.started.wait()
         verdict = await client.done
         clients.discard(client)
     if verdict == "ok":
@@ -200,16 +222,20 @@ async def one(run: Run, index: int, start_at: float, gate: asyncio.Semaphore,
 async def drive(spec: dict[str, Any]) -> dict[str, Any]:
     run = Run(spec)
     n = int(spec["streams"])
-    gate = asyncio.Semaphore(int(spec.get("concurrency") or n))
+    slots = asyncio.Semaphore(int(spec.get("concurrency") or n))
     ramp = float(spec.get("ramp", 0))
     clients: set[StreamClient] = set()
-    tasks = [asyncio.ensure_future(one(run, i, run.t0 + ramp * i / n, gate, clients))
+    tasks = [asyncio.ensure_future(one(run, i, run.t0 + ramp * i / n, slots, clients))
              for i in range(n)]
     _, pending = await asyncio.wait(tasks, timeout=float(spec.get("timeout", 120)))
+    run.stopped = True
     for client in list(clients):
         client.abort()
     if pending:
-        await asyncio.wait(pending, timeout=5)
+        _, pending = await asyncio.wait(pending, timeout=5)
+    for task in pending:  # still waiting to start: counted as not started
+        task.cancel()
+        run.errors["not_started"] += 1
     return summarize(run, time.monotonic() - run.t0)
 
 

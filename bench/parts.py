@@ -93,20 +93,22 @@ def fixed(server: Server, streams: int, concurrency: int) -> dict[str, Any]:
             "streams_per_s": streams / (time.monotonic() - t0)}
 
 
-GATE_TIMEOUT = 45.0  # below the service's IDLE_TIMEOUT (60 s): a held stream is not idle
+GATE_TIMEOUT = 180.0  # how long slow streams are held open at most, waiting for all to start
+MAX_STARTING = 500  # slow streams waiting for their first delta at once (see loadgen.Run)
 
 
 def slow(streams: int, open_rate: float, hold: float, delay: float) -> dict[str, Any]:
-    """Load of slow streams: started over streams/open_rate s, each a delta every `delay` s for
-    at least `hold` s (what is measured is holding streams, not relaying). The last delta waits
-    at a simulator gate, opened by `release` once every stream is open at once (or after
-    GATE_TIMEOUT), so that however long starting takes, the first streams do not end before the
-    last begin."""
+    """Load of slow streams: started over streams/open_rate s (or slower, as the server takes
+    them), each a delta every `delay` s for at least `hold` s (what is measured is holding
+    streams, not relaying). They go on at that pace through a simulator gate, opened by
+    `release` once every stream is open at once (or after GATE_TIMEOUT), so that however long
+    starting takes, the first streams do not end before the last begin."""
     ramp = streams / open_rate
-    tokens = max(2, math.ceil(hold / delay) + 1)
+    tokens = max(1, math.ceil(hold / delay))
     return {"streams": streams, "ramp": ramp, "tokens": tokens, "delay": delay,
+            "max_starting": MAX_STARTING,
             "gate": f"g{time.monotonic_ns()}", "gate_timeout": GATE_TIMEOUT,
-            "timeout": ramp + tokens * delay + GATE_TIMEOUT + 60}
+            "timeout": tokens * delay + GATE_TIMEOUT + 60}
 
 
 def release(sim: Server, gate: str) -> None:
@@ -151,7 +153,7 @@ def memory(server: Server, sim: Server, streams: int, open_rate: float, hold: fl
 
 def burst(server: Server, streams: int) -> dict[str, Any]:
     """`streams` streams started at the same instant: time to first token."""
-    result = load(server, streams=streams, tokens=3, delay=0.5, ramp=0, timeout=120)
+    result = load(server, streams=streams, tokens=3, delay=0.2, ramp=0, timeout=120)
     return {**verdicts(result), "ttft_p50_ms": ms(result["ttft_p50_s"]),
             "ttft_p99_ms": ms(result["ttft_p99_s"]), "ttft_max_ms": ms(result["ttft_max_s"])}
 

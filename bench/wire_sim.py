@@ -11,9 +11,10 @@ the same `SIM {...}` script in the last user message, with the keys the benchmar
     first_delay  seconds before the first content delta (default 0)
     id           text prefix of every delta: delta i is f"{id}-{i} " (one space, at the end, so a
                  client can count deltas in joined text); default "t"
-    gate         a name: the last delta waits until `POST /bench/release/<name>` (or `gate_timeout`
-                 s, default 45), so a benchmark can hold thousands of streams open until all of
-                 them have started, however long starting takes
+    gate         a name: after its `tokens` deltas the stream goes on at the same pace until
+                 `POST /bench/release/<name>` (or `gate_timeout` s, default 300), then sends
+                 `end_text(id)` as its last delta; so a benchmark can hold thousands of streams
+                 open, all live, until every one has started, however long starting takes
 
 It answers `POST /v1/chat/completions` with `"stream": true` (chunked SSE: a role chunk, the
 content chunks, a finish chunk, a usage chunk when asked, `data: [DONE]`), `GET /v1/models`, and
@@ -44,33 +45,26 @@ def delta_text(prefix: str, i: int) -> str:
     return f"{prefix}-{i} "
 
 
+def end_text(prefix: str) -> str:
+    """The last delta of a gated stream (no '.': that would flush a buffer early)."""
+    return f"{prefix}-end "
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class Gates:
-    """Named gates that streams wait at before their last delta, until released."""
+    """Named gates: a gated stream goes on past its `tokens` until its gate is opened."""
 
     def __init__(self) -> None:
-        self.waiting: dict[str, set[_Stream]] = {}
-        self.released: set[str] = set()
+        self.opened: set[str] = set()
 
-    def wait(self, name: str, stream: _Stream) -> bool:
-        """True if `stream` must wait (it is then woken by `release`)."""
-        if name in self.released:
-            return False
-        self.waiting.setdefault(name, set()).add(stream)
-        return True
+    def is_open(self, name: str) -> bool:
+        return name in self.opened
 
-    def forget(self, name: str, stream: _Stream) -> None:
-        self.waiting.get(name, set()).discard(stream)
-
-    def release(self, name: str) -> int:
-        self.released.add(name)
-        streams = self.waiting.pop(name, set())
-        for stream in streams:
-            stream.go()
-        return len(streams)
+    def release(self, name: str) -> None:
+        self.opened.add(name)
 
 
 class _Stream:
@@ -94,7 +88,7 @@ class _Stream:
         self.start = self.loop.time() + float(script.get("first_delay", 0))
         self.timer: asyncio.TimerHandle | None = None
         self.gate: str | None = script.get("gate")
-        self.gate_timeout = float(script.get("gate_timeout", 45))
+        self.gate_deadline = self.start + float(script.get("gate_timeout", 300))
 
     def begin(self) -> None:
         role = self._event(b'{"role":"assistant","content":""}', self.tail_open)
@@ -113,33 +107,30 @@ class _Stream:
         else:
             self.timer = self.loop.call_at(due, self._tick)
 
-    def go(self) -> None:
-        """Past the gate: the last delta now (or on schedule, if that is later)."""
-        if self.gate is not None:
-            self.cancel()
-            self.conn.gates.forget(self.gate, self)
-            self.gate = None
-            self._schedule()
-
     def _tick(self) -> None:
         self.timer = None
-        if self.i == self.n - 1 and self.gate is not None and self.conn.gates.wait(self.gate,
-                                                                                  self):
-            self.timer = self.loop.call_later(self.gate_timeout, self.go)
-            return
-        if self.i < self.n:
-            content = orjson.dumps(delta_text(self.prefix, self.i))
-            self.conn.write(_chunk(self._event(b'{"content":' + content + b"}", self.tail_open)))
+        if self.i < self.n or self._held():
+            self._send(delta_text(self.prefix, self.i))
             self.i += 1
-            if self.i < self.n:
+            if self.i < self.n or self._held():
                 self._schedule()
                 return
+        if self.gate is not None:
+            self._send(end_text(self.prefix))
         self._finish()
+
+    def _held(self) -> bool:
+        return (self.gate is not None and not self.conn.gates.is_open(self.gate)
+                and self.loop.time() < self.gate_deadline)
+
+    def _send(self, text: str) -> None:
+        content = b'{"content":' + orjson.dumps(text) + b"}"
+        self.conn.write(_chunk(self._event(content, self.tail_open)))
 
     def _finish(self) -> None:
         out = _chunk(self._event(b"{}", self.tail % b'"stop"'))
         if self.usage:
-            usage = {"prompt_tokens": 1, "completion_tokens": self.n, "total_tokens": self.n + 1}
+            usage = {"prompt_tokens": 1, "completion_tokens": self.i, "total_tokens": self.i + 1}
             obj = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
                    "model": "sim-model", "choices": [], "usage": usage}
             out += _chunk(b"data: " + orjson.dumps(obj) + b"\n\n")
@@ -150,8 +141,6 @@ class _Stream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.gate is not None:
-            self.conn.gates.forget(self.gate, self)
 
 
 class SimProtocol(asyncio.Protocol):
@@ -215,7 +204,8 @@ class SimProtocol(asyncio.Protocol):
         elif method == "POST" and path == "/v1/chat/completions":
             self._chat(raw)
         elif method == "POST" and path.startswith("/bench/release/"):
-            self._reply(200, {"released": self.gates.release(path.rsplit("/", 1)[1])})
+            self.gates.release(path.rsplit("/", 1)[1])
+            self._reply(200, {"released": True})
         else:
             self._reply(404, {"error": {"message": f"no route {method} {path}"}})
         return True

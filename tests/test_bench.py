@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from loadgen import Run  # noqa: E402
 from sse_reader import ResponseError, ResponseReader  # noqa: E402
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -67,6 +68,23 @@ def test_reader_refuses_bad_status_line(head: bytes) -> None:
 def test_reader_refuses_bad_chunk_size() -> None:
     with pytest.raises(ResponseError):
         ResponseReader().feed(HEAD + b"zz\r\n")
+
+
+@pytest.mark.parametrize(("gate", "text", "exact"), [
+    pytest.param(None, "s7-0 s7-1 s7-2 ", True, id="all"),
+    pytest.param(None, "s7-0 s7-2 ", False, id="one-lost"),
+    pytest.param(None, "s7-0 s7-1 s7-1 s7-2 ", False, id="one-repeated"),
+    pytest.param(None, "s7-0 s7-1 s7-2 s7-3 ", False, id="one-too-many"),
+    pytest.param(None, "s7-0 s7-1 ", False, id="tail-lost"),
+    pytest.param("g", "s7-0 s7-1 s7-2 s7-3 s7-4 s7-end ", True, id="gated-held-longer"),
+    pytest.param("g", "s7-0 s7-1 s7-2 s7-end ", True, id="gated-at-once"),
+    pytest.param("g", "s7-0 s7-1 s7-2 s7-3 ", False, id="gated-end-lost"),
+    pytest.param("g", "s7-0 s7-1 s7-end ", False, id="gated-too-few"),
+    pytest.param("g", "s7-0 s7-2 s7-3 s7-end ", False, id="gated-one-lost"),
+])
+def test_load_generator_checks_text_exactly(gate: str | None, text: str, exact: bool) -> None:
+    run = Run({"kind": "ours", "streams": 1, "tokens": 3, "delay": 0.1, "gate": gate})
+    assert run.exact(7, text) is exact
 
 
 SERVERS = ("ours", "ours_b1", "baseline")
