@@ -140,6 +140,11 @@ def test_another_worker_resumes_follows_and_is_woken_by_pubsub(
     a.append("s", 3, [b"end"], end=True)
     assert read_until(b, "s", 3, lambda e: bool(e)) == [b"end"]
     assert b.status("s") == (4, True)
+    c = workers()  # a worker that never followed it: an ended stream, from any cursor
+    assert c.read("s", 2, 0) == ([b"e2", b"end"], True)
+    assert c.read("s", 4, 0) == ([], True)
+    assert c.read("s", 99, 0) == ([], True)
+    assert c.read("s", 0, 0) == ([b"e0", b"e1", b"e2", b"end"], True)
 
 
 def test_cancel_and_presence_reach_the_producers_worker(

@@ -101,18 +101,24 @@ class FollowLoop:
         meta_key, log_key, _ = store.keys.stream(stream_id)
 
         def build(pipe: Any) -> None:
-            pipe.hgetall(meta_key)
-            pipe.xrange(log_key, "-", "+")
+            pipe.hgetall(meta_key)  # before the entries: if it had ended, every one comes
+            pipe.xrange(log_key, f"{cursor}-0", "+")
 
         fields, entries = store.pipeline(build)
         meta = meta_from(stream_id, fields)
         if meta is None:
             raise UnknownStreamError(stream_id)
-        events = events_of(entries, 0)
-        if fields.get(b"state") == b"ended" and len(events) == int(fields[b"n"]):
-            return events[cursor:], True
+        n = int(fields[b"n"])
+        if fields.get(b"state") == b"ended" and cursor >= n:
+            return [], True
+        rest = events_of(entries, cursor)
+        if fields.get(b"state") == b"ended" and cursor + len(rest) == n:
+            return rest, True  # the usual resume of an ended stream: only what it lacks
+        # Running: the mirror holds the whole log, for every reader here.
+        head = [] if cursor == 0 else events_of(store.pipeline(
+            lambda pipe: pipe.xrange(log_key, "-", f"{cursor - 1}-1"))[0], 0)
         mirror = Mirror(meta, local=False)
-        mirror.log.events.extend(events)
+        mirror.log.events.extend(head if len(head) < cursor else [*head, *rest])
         with store.lock:
             mirror = store.mirrors.setdefault(stream_id, mirror)
         self._due.append(stream_id)  # subscribe, and read what came meanwhile
