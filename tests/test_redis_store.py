@@ -298,3 +298,29 @@ def test_a_hung_redis_times_out_and_a_local_end_is_written_when_it_is_back(
     assert got[0] == b"e0" and len(got) == 2
     assert got[1].startswith(b"id: 1\n") and b'"code":"store_unavailable"' in got[1]
     assert b.status("s") == (2, True)
+
+
+def test_the_follow_loop_comes_back_after_its_connection_is_killed(
+        workers: Callable[..., RedisStore], redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_follow, "POLL", 60.0)  # only pub/sub can wake the reader
+    a, b = workers(), workers()
+    a.create(meta(a), [b"e0"])
+    producer = Producer()
+    a.register("s", producer)
+    assert b.read("s", 0, 0) == ([b"e0"], False)
+    time.sleep(0.3)  # B subscribes
+    # Every pub/sub connection on the server, A's and B's (other tests' too: they recover).
+    assert int(redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub").strip() or 0) >= 2
+    # A notification published while B reconnects is caught up when it subscribes again.
+    a.append("s", 1, [b"e1"])
+    assert read_until(b, "s", 1, lambda e: bool(e), timeout=5) == [b"e1"]
+    got: list[list[bytes]] = []
+    t = threading.Thread(target=lambda: got.append(read_until(b, "s", 2, bool, timeout=5)))
+    t.start()
+    time.sleep(0.3)
+    a.append("s", 2, [b"e2"])
+    t.join(10)
+    assert got == [[b"e2"]]
+    b.cancel("s")
+    assert producer.cancelled.wait(5)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LISTEN = 0.1  # how long one turn of the loop waits for a message
 POLL = 1.0  # how often a quiet stream is read anyway, and lost producers looked for
+ECHO = 5.0  # how often the loop checks that its pub/sub connection still delivers
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +93,8 @@ class FollowLoop:
         self._due: deque[str] = deque()
         self._channels: dict[bytes, str] = {}  # subscribed notification channel -> stream
         self._control = store.keys.control(store.worker_id).encode()
+        self._echo_sent: float | None = None  # an echo published and not heard back yet
+        self._echo_at = 0.0
         self.runner = spawn(self._run, "redis-follow")
 
     def open(self, stream_id: str, cursor: int) -> Mirror | tuple[list[bytes], bool]:
@@ -137,6 +140,7 @@ class FollowLoop:
                     pubsub = store.pubsub()
                     pubsub.subscribe(self._control)
                     self._channels = {}
+                    self._echo_sent = None
                     self._recheck_cancels()
                 self._subscribe(pubsub)
                 self._listen(pubsub)
@@ -147,26 +151,35 @@ class FollowLoop:
                     self._due.extend(sid for sid, m in list(store.mirrors.items())
                                      if m.followed and now - m.checked >= POLL)
                     self._end_lost()
+                    self._echo(now)
                 if self._due:
                     due = set()
                     while self._due:
                         due.add(self._due.popleft())
                     self.refresh(due)
                 failing_since = None
-            except Exception as exc:
+            except Exception:
                 if pubsub is not None:
                     _close_quietly(pubsub)
                     pubsub = None
                 now = time.monotonic()
                 if failing_since is None:
                     failing_since = now
-                    log.warning("following streams in Redis failed (%s); retrying",
-                                type(exc).__name__)
+                    log.warning("following streams in Redis failed; retrying", exc_info=True)
                 elif now - failing_since > store.retry_for:
                     self._end_unavailable()
                 store.closed.wait(0.25)
         if pubsub is not None:
             _close_quietly(pubsub)
+
+    def _echo(self, now: float) -> None:
+        """A connection can die without a word (a half-open socket, a failover): publish to
+        this worker's own channel now and then, and start over if it does not come back."""
+        if self._echo_sent is not None and now - self._echo_sent > ECHO:
+            raise ConnectionError("the pub/sub connection stopped delivering")
+        if self._echo_sent is None and now - self._echo_at >= ECHO:
+            self._echo_sent = self._echo_at = now
+            self.store.call(lambda _: self.store.client.publish(self._control, "echo"))
 
     def _subscribe(self, pubsub: Any) -> None:
         store = self.store
@@ -195,6 +208,8 @@ class FollowLoop:
         store = self.store
         if channel == self._control:
             what, _, stream_id = data.decode().partition(" ")
+            if what == "echo":
+                self._echo_sent = None
             producer = store.producers.get(stream_id)
             if producer is not None:
                 if what == "cancel":
