@@ -1138,4 +1138,6 @@ def test_screenshot_mid_answer(service_factory: Any, new_page: Any, tmp_path: An
     path = capture_screenshot(page, tmp_path / "screenshot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page.click("#stop")
-    assert wait_state(page.locator(LAST_REPLY)) == "stopped"
+    # About 50 tokens (0.6 s) are left after the code: on a loaded machine the screenshot can
+    # outlast them, and Stop then comes after the end (Stop itself is tested above).
+    assert wait_state(page.locator(LAST_REPLY)) in ("stopped", "done")
