@@ -247,6 +247,8 @@ def test_redis_lost_then_back(workers: Callable[..., RedisStore],
     assert time.monotonic() - started < 10
     redis_crashable.start()  # same port, empty
     assert a.ping()
+    with pytest.raises(StoreUnavailableError):  # Redis lost it: not the producer's fault
+        a.append("s", 1, [b"e1"])
     a.create(meta(a, "s2"), [b"x0"])  # no restart needed
     a.append("s2", 1, [b"x1"], end=True)
     assert b.read("s2", 0, 0) == ([b"x0", b"x1"], True)

@@ -1,12 +1,14 @@
 """The Redis store: every stream in Redis (or Valkey, or a Redis Cluster), for every worker and
 host. The one module that imports `redis`.
 
-Writes are one Lua script per call (one round trip per flush of the relay's buffer). Readers
-never hold a connection: events this worker produced are mirrored in memory, and streams
-produced elsewhere are mirrored by one follow loop per worker (`redis_follow`) that listens on
-a single pub/sub connection and range-reads what changed. Commands go through a bounded
-blocking pool; every call has socket timeouts and is retried for `retry_for` seconds, then
-raises `errors.StoreUnavailableError` (never a `redis` exception).
+Each write is one Lua script (layout and scripts: `redis_scripts`); the appends of all of this
+worker's streams share round trips (`redis_batch`), one per flush of each relay's buffer at
+most. Readers never hold a connection: events this worker produced are mirrored in memory, and
+streams produced elsewhere are mirrored by one follow loop per worker (`redis_follow`) on a
+single pub/sub connection. One lease per worker (`redis_lease`); counters over live workers
+(`redis_counters`). Commands go through a bounded blocking pool; every call has socket timeouts
+and is retried for `retry_for` seconds, then raises `errors.StoreUnavailableError` (never a
+`redis` exception).
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ class RedisStore:
 
         result = self.call(run)
         if result == -1:
-            raise UnknownStreamError(stream_id)
+            # A stream being written cannot expire: Redis lost it (a restart without
+            # persistence, an eviction, a flush), which is the contract's store_unavailable.
+            raise StoreUnavailableError(f"stream {stream_id[:8]} is gone from Redis")
         if result == 0:
             raise StreamClosedError(f"stream {stream_id[:8]} does not hold {seq} events, "
                                     f"or has ended")
