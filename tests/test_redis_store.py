@@ -4,6 +4,7 @@ wake-ups, cancel, presence, leases and lost producers), Redis faults, and a Redi
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import signal
 import threading
@@ -326,3 +327,25 @@ def test_the_follow_loop_comes_back_after_its_connection_is_killed(
     assert got == [[b"e2"]]
     b.cancel("s")
     assert producer.cancelled.wait(5)
+
+
+@pytest.mark.parametrize(("args", "warned"), [
+    (("--maxmemory-policy", "allkeys-lru"), True),
+    (("--maxmemory-policy", "volatile-lru"), False),
+    (("--rename-command", "CONFIG", ""), False),  # managed Redis: CONFIG is not allowed
+], ids=["allkeys", "volatile", "no-config"])
+def test_a_warning_when_redis_may_evict_live_streams(
+        caplog: pytest.LogCaptureFixture, args: tuple[str, ...], warned: bool) -> None:
+    server = RedisServer(None, *args)
+    store = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="streaming.stores"):
+            store = RedisStore(Settings(REDIS_URL=server.url))
+            store.create(meta(store), [b"e0"])  # under a lease: the first renewal checks
+            assert store.lease.policy_checked.wait(5)
+        assert ("maxmemory-policy is allkeys-lru" in caplog.text) is warned
+        assert store.read("s", 0, 0) == ([b"e0"], False)
+    finally:
+        if store is not None:
+            store.close()
+        server.close()

@@ -9,6 +9,7 @@ own clock (TIME in the script), so no two hosts' clocks are ever compared.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ class LeaseLoop:
         # Streams of this worker ended only here (Redis was away): their end is still due.
         self.orphans: set[str] = set()
         self._told_policy = False
+        self.policy_checked = threading.Event()  # Redis's eviction policy has been looked at
         self.runner = spawn(self._run, "redis-lease")
 
     def fresh(self) -> bool:
@@ -54,6 +56,7 @@ class LeaseLoop:
             if policy is not None and policy.startswith("allkeys-"):
                 log.warning("Redis maxmemory-policy is %s: it may evict streams that are still "
                             "running or resumable; use noeviction or a volatile-* policy", policy)
+            self.policy_checked.set()
 
     def _run(self) -> None:
         store = self.store
