@@ -65,7 +65,8 @@ class Run:
         script = {"tokens": self.tokens, "delay": self.delay,
                   "first_delay": float(self.spec.get("first_delay", 0)), "id": f"s{index}"}
         if self.spec.get("gate"):  # wire_sim: deltas go on until the gate opens, then an end
-            script.update(gate=self.spec["gate"], gate_timeout=self.spec.get("gate_timeout", 300))
+            script.update(gate=self.spec["gate"],
+                          gate_until=self.t0 + float(self.spec.get("gate_timeout", 300)))
         messages = [{"role": "user", "content": "SIM " + orjson.dumps(script).decode()}]
         if self.kind == "direct":
             path = "/v1/chat/completions"

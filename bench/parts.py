@@ -93,7 +93,7 @@ def fixed(server: Server, streams: int, concurrency: int) -> dict[str, Any]:
             "streams_per_s": streams / (time.monotonic() - t0)}
 
 
-GATE_TIMEOUT = 180.0  # how long slow streams are held open at most, waiting for all to start
+GATE_TIMEOUT = 180.0  # from the first start: how long slow streams are held open at most
 MAX_STARTING = 500  # slow streams waiting for their first delta at once (see loadgen.Run)
 
 

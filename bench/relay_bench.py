@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--hold", type=float, default=5.0,
                     help="memory, capacity: seconds a slow stream lasts at least (all are held "
                          "open until the last one has started)")
-    ap.add_argument("--slow-delay", type=float, default=2.0,
+    ap.add_argument("--slow-delay", type=float, default=5.0,
                     help="memory, capacity: seconds between a slow stream's deltas")
     ap.add_argument("--open-rate", type=float, default=500.0,
                     help="new streams per second when opening many slow ones")

@@ -12,7 +12,8 @@ the same `SIM {...}` script in the last user message, with the keys the benchmar
     id           text prefix of every delta: delta i is f"{id}-{i} " (one space, at the end, so a
                  client can count deltas in joined text); default "t"
     gate         a name: after its `tokens` deltas the stream goes on at the same pace until
-                 `POST /bench/release/<name>` (or `gate_timeout` s, default 300), then sends
+                 `POST /bench/release/<name>` (or `gate_until`, a time.monotonic() value: the
+                 same clock in every process; default 300 s from now), then sends
                  `end_text(id)` as its last delta; so a benchmark can hold thousands of streams
                  open, all live, until every one has started, however long starting takes
 
@@ -88,7 +89,7 @@ class _Stream:
         self.start = self.loop.time() + float(script.get("first_delay", 0))
         self.timer: asyncio.TimerHandle | None = None
         self.gate: str | None = script.get("gate")
-        self.gate_deadline = self.start + float(script.get("gate_timeout", 300))
+        self.gate_until = float(script.get("gate_until", time.monotonic() + 300))
 
     def begin(self) -> None:
         role = self._event(b'{"role":"assistant","content":""}', self.tail_open)
@@ -121,7 +122,7 @@ class _Stream:
 
     def _held(self) -> bool:
         return (self.gate is not None and not self.conn.gates.is_open(self.gate)
-                and self.loop.time() < self.gate_deadline)
+                and time.monotonic() < self.gate_until)
 
     def _send(self, text: str) -> None:
         content = b'{"content":' + orjson.dumps(text) + b"}"
