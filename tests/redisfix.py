@@ -140,3 +140,22 @@ def redis_cluster() -> Iterator[RedisCluster]:
     cluster = RedisCluster()
     yield cluster
     cluster.close()
+
+
+def make_tls_files(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    files = {name: directory / f"{name}" for name in ("ca.key", "ca.crt", "server.key",
+                                                      "server.csr", "server.crt", "san.cnf")}
+    files["san.cnf"].write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], capture_output=True, timeout=60, check=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", str(files["ca.key"]), "-out", str(files["ca.crt"]))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", str(files["server.key"]), "-out", str(files["server.csr"]))
+    openssl("x509", "-req", "-in", str(files["server.csr"]), "-CA", str(files["ca.crt"]),
+            "-CAkey", str(files["ca.key"]), "-CAcreateserial", "-days", "1",
+            "-extfile", str(files["san.cnf"]), "-out", str(files["server.crt"]))
+    return files

@@ -10,12 +10,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from conftest import free_port
 from redis.crc import key_slot
-from redisfix import RedisCluster, RedisServer
+from redisfix import RedisCluster, RedisServer, make_tls_files
 
 from streaming.errors import StoreUnavailableError
 from streaming.settings import Settings
@@ -348,4 +350,33 @@ def test_a_warning_when_redis_may_evict_live_streams(
     finally:
         if store is not None:
             store.close()
+        server.close()
+
+
+def test_rediss_and_unix_urls(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path)
+    tls_port = free_port()
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(None, "--tls-port", str(tls_port), "--tls-cert-file",
+                         str(tls["server.crt"]), "--tls-key-file", str(tls["server.key"]),
+                         "--tls-ca-cert-file", str(tls["ca.crt"]), "--tls-auth-clients", "no",
+                         "--unixsocket", str(sock), "--unixsocketperm", "700")
+    try:
+        for url in (f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={tls['ca.crt']}",
+                    f"unix://{sock}?db=0"):
+            store = RedisStore(Settings(REDIS_URL=url, REDIS_PREFIX=f"t{secrets.token_hex(4)}:"))
+            try:
+                assert store.ping()
+                store.create(meta(store), [b"e0"])
+                store.append("s", 1, [b"end"], end=True)
+                assert store.read("s", 0, 0) == ([b"e0", b"end"], True)
+            finally:
+                store.close()
+        # TLS indeed: that port does not speak plain Redis.
+        plain = RedisStore(Settings(REDIS_URL=f"redis://127.0.0.1:{tls_port}/0"), retry_for=0.2)
+        try:
+            assert not plain.ping()
+        finally:
+            plain.close()
+    finally:
         server.close()
