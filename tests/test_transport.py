@@ -159,7 +159,7 @@ def server() -> Iterator[RawServer]:
 
 @pytest.fixture
 def client() -> Iterator[httpx2.Client]:
-    with httpx2.Client(transport=Urllib3Transport(max_connections=4), timeout=WAIT) as http:
+    with httpx2.Client(transport=Urllib3Transport(max_idle=4), timeout=WAIT) as http:
         yield http
 
 
@@ -302,7 +302,7 @@ def test_body_read_timeout_bounds_each_read(server: RawServer, client: httpx2.Cl
 def test_without_a_body_read_timeout_a_read_waits_until_closed(server: RawServer) -> None:
     hold = threading.Event()
     server.replies["/slow"] = [CHUNKED + chunk(b"first"), hold, chunk(b"late"), b"0\r\n\r\n"]
-    transport = Urllib3Transport(max_connections=1, body_read_timeout=False)
+    transport = Urllib3Transport(max_idle=1, body_read_timeout=False)
     with httpx2.Client(transport=transport, timeout=0.2) as http, \
             http.stream("POST", server.url("/slow"), content=b"{}") as response:
         pieces = response.iter_raw()
@@ -313,13 +313,24 @@ def test_without_a_body_read_timeout_a_read_waits_until_closed(server: RawServer
         timer.join()
 
 
-def test_a_full_pool_is_a_pool_timeout(server: RawServer) -> None:
-    server.replies["/hold"] = [CHUNKED + chunk(b"first"), threading.Event()]
-    transport = Urllib3Transport(max_connections=1)
-    with httpx2.Client(transport=transport, timeout=WAIT) as http, \
-            http.stream("POST", server.url("/hold"), content=b"{}"), \
-            pytest.raises(httpx2.PoolTimeout):
-        http.post(server.url("/hold"), content=b"{}", timeout=httpx2.Timeout(WAIT, pool=0.2))
+def test_a_burst_keeps_only_max_idle_connections(server: RawServer) -> None:
+    gate = threading.Event()
+    server.replies["/hold"] = [CHUNKED + chunk(b"first"), gate, b"0\r\n\r\n"]
+    transport = Urllib3Transport(max_idle=1)
+    with httpx2.Client(transport=transport, timeout=WAIT) as http:
+        # Three at once: past max_idle a request opens its own connection (no pool wait).
+        with contextlib.ExitStack() as stack:
+            responses = [stack.enter_context(http.stream("POST", server.url("/hold"),
+                                                         content=b"{}")) for _ in range(3)]
+            gate.set()
+            for response in responses:
+                assert b"".join(response.iter_raw()) == b"first"
+        assert len({number for number, _ in server.requests}) == 3
+        # Done: one connection stays for reuse, the other two were closed.
+        deadline = time.monotonic() + WAIT
+        while sum(t.is_alive() for t in server._threads) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server's threads end as the client closes: poll them
+        assert sum(t.is_alive() for t in server._threads) == 1
 
 
 # -- close from elsewhere, and finishing for reuse ------------------------------------------
@@ -420,7 +431,7 @@ def tls_server(tls_files: tuple[Path, Path]) -> Iterator[RawServer]:
 @pytest.fixture
 def tls_client(tls_files: tuple[Path, Path]) -> Iterator[httpx2.Client]:
     context = ssl.create_default_context(cafile=str(tls_files[0]))
-    transport = Urllib3Transport(max_connections=4, ssl_context=context)
+    transport = Urllib3Transport(max_idle=4, ssl_context=context)
     with httpx2.Client(transport=transport, timeout=WAIT) as http:
         yield http
 
@@ -470,7 +481,7 @@ def test_tls_close_from_another_thread_unblocks_the_reader(tls_server: RawServer
 # -- the SDK against the simulator ----------------------------------------------------------
 
 def sdk_client(sim: Any) -> openai.OpenAI:
-    http = openai.DefaultHttpxClient(transport=Urllib3Transport(max_connections=4), timeout=WAIT)
+    http = openai.DefaultHttpxClient(transport=Urllib3Transport(max_idle=4), timeout=WAIT)
     return openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0,
                          http_client=http)
 
@@ -553,7 +564,7 @@ def drain(pieces):
         return type(exc).__name__
 
 
-transport = Urllib3Transport(max_connections=4, ssl_context=context, body_read_timeout=False)
+transport = Urllib3Transport(max_idle=4, ssl_context=context, body_read_timeout=False)
 with httpx2.Client(transport=transport, timeout=5) as client:
     out["bodies"] = []
     for _ in range(2):

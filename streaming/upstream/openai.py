@@ -36,6 +36,8 @@ from .chunks import UpstreamCutError, iter_sse_data, parse_chunk
 from .provider import FINISH, Item
 from .transport import Urllib3Transport, body_of
 
+# Idle upstream connections kept for reuse (a burst of streams opens more, closed after).
+_IDLE_CONNECTIONS = 32
 _READY_CACHE_SECONDS = 5.0
 _READY_PROBE_TIMEOUT = 3.0
 # After [DONE], how long the end of the body may take to arrive for the connection to be kept.
@@ -130,7 +132,7 @@ def _make_client(settings: Settings) -> openai.OpenAI:
     # Under gevent the relay unblocks a stuck read itself (it kills the reading greenlet), so
     # body reads go without the per-read timer; under threads the read timeout stays as a
     # backstop.
-    transport = Urllib3Transport(max_connections=settings.WORKER_CONNECTIONS,
+    transport = Urllib3Transport(max_idle=_IDLE_CONNECTIONS,
                                  body_read_timeout=not gevent_active())
     key = settings.OPENAI_API_KEY
     client = openai.OpenAI(

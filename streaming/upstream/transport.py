@@ -15,6 +15,7 @@ is already on the wire so that its connection is kept.
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import ssl
 import threading
@@ -33,6 +34,18 @@ from urllib3.exceptions import (
 )
 
 READ_SIZE = 64 * 1024
+
+
+class _FullPoolIsExpected(logging.Filter):
+    """urllib3 warns each time it closes a connection past the idle pool's size: here that is
+    the design (a burst keeps `max_idle`), not a fault worth a log line per stream."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING
+                    and str(record.msg).startswith("Connection pool is full"))
+
+
+_FULL_POOL_FILTER = _FullPoolIsExpected()
 _BODY_EXTENSION = "llm_stream.body"  # httpx extensions are namespaced by convention
 
 
@@ -116,7 +129,8 @@ def body_of(response: httpx2.Response) -> Body | None:
 
 
 class Urllib3Transport(httpx2.BaseTransport):
-    """HTTP/1.1 through urllib3's connection pools, at most `max_connections` per host.
+    """HTTP/1.1 through urllib3's connection pools, keeping at most `max_idle` idle
+    connections per host.
 
     The request's read timeout bounds the wait for the response's headers, and each read of
     the body too unless `body_read_timeout` is False: under gevent a timed read arms a timer
@@ -124,9 +138,12 @@ class Urllib3Transport(httpx2.BaseTransport):
     closes the body) has no use for it.
     """
 
-    def __init__(self, *, max_connections: int, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, *, max_idle: int = 32, ssl_context: ssl.SSLContext | None = None,
                  body_read_timeout: bool = True) -> None:
-        self._max_connections = max_connections
+        self._max_idle = max_idle
+        pool_log = logging.getLogger("urllib3.connectionpool")
+        if _FULL_POOL_FILTER not in pool_log.filters:
+            pool_log.addFilter(_FULL_POOL_FILTER)
         self._ssl_context = ssl_context
         self._body_read_timeout = body_read_timeout
         # One pool per origin, looked up by a plain key: urllib3's PoolManager normalises a
@@ -146,17 +163,19 @@ class Urllib3Transport(httpx2.BaseTransport):
         return pool
 
     def _new_pool(self, scheme: str, host: str, port: int | None) -> urllib3.HTTPConnectionPool:
-        # block=True: a request waits for a free connection (pool timeout) instead of opening
-        # one past the limit. urllib3 checks only the connection it takes for staleness, so
-        # idle connections cost nothing per request.
+        # maxsize is how many idle connections are kept for reuse; block=False: past it, a
+        # request opens a connection of its own and closes it when done. So after a burst of
+        # thousands of streams the worker keeps a few idle sockets, not thousands (open
+        # streams are bounded by MAX_STREAMS and WORKER_CONNECTIONS). urllib3 checks only the
+        # connection it takes for staleness, so idle ones cost nothing per request.
         if scheme == "https":
             return urllib3.HTTPSConnectionPool(
-                host, port, maxsize=self._max_connections, block=True, retries=False,
+                host, port, maxsize=self._max_idle, block=False, retries=False,
                 ssl_context=self._ssl_context)
         if scheme != "http":
             raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        return urllib3.HTTPConnectionPool(host, port, maxsize=self._max_connections,
-                                          block=True, retries=False)
+        return urllib3.HTTPConnectionPool(host, port, maxsize=self._max_idle, block=False,
+                                          retries=False)
 
     def _timeout(self, connect: Any, read: Any) -> urllib3.Timeout:
         timeout = self._timeouts.get((connect, read))
