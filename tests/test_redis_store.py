@@ -380,3 +380,23 @@ def test_rediss_and_unix_urls(tmp_path: Path) -> None:
             plain.close()
     finally:
         server.close()
+
+
+def test_a_release_redis_missed_is_made_once_it_is_back(
+        workers: Callable[..., RedisStore], redis_crashable: RedisServer) -> None:
+    a = workers(redis_crashable.url)
+    a.create(meta(a), [b"e0"])
+    producer = Producer()
+    a.register("s", producer)
+    assert a.acquire(("followers", "s"), 5)
+    assert a.acquire(("connections", "owner"), 5)
+    assert redis_crashable.proc is not None
+    redis_crashable.proc.send_signal(signal.SIGSTOP)
+    try:
+        a.release(("followers", "s"))  # no error for the caller: it is the store's to finish
+        a.release(("connections", "owner"))
+    finally:
+        redis_crashable.proc.send_signal(signal.SIGCONT)
+    assert producer.presence.wait(10)  # made when Redis answered again
+    assert a.count(("followers", "s")) == 0
+    assert a.count(("connections", "owner")) == 0

@@ -89,8 +89,8 @@ class RedisStore:
         # redis-py's cluster pipelines refuse scripts: there each append is its own call.
         self._writer = None if settings.REDIS_CLUSTER else Batcher(
             self._send_appends, self.closed, timeout=retry_for + 8)
-        self.lease = LeaseLoop(self)
-        self._counters = Counters(self)
+        self.counters = Counters(self)
+        self.lease = LeaseLoop(self)  # its loop starts now: what it uses is made above
         self._follow = FollowLoop(self)
 
     # -- the log ------------------------------------------------------------------------
@@ -225,13 +225,13 @@ class RedisStore:
     # -- presence and limits ------------------------------------------------------------
 
     def acquire(self, counter: Counter, limit: int) -> bool:
-        return self._counters.acquire(counter, limit)
+        return self.counters.acquire(counter, limit)
 
     def release(self, counter: Counter) -> None:
-        self._counters.release(counter)
+        self.counters.release(counter)
 
     def count(self, counter: Counter) -> int:
-        return self._counters.count(counter)
+        return self.counters.count(counter)
 
     # -- indexes ------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ dropped).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..errors import StoreUnavailableError
 from .base import Counter
 
 if TYPE_CHECKING:
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 class Counters:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        # Releases Redis did not take (it was away): made once it is back, since a count
+        # that sticks would hold a limit or keep a stream's grace from ever starting.
+        self.unreleased: deque[Counter] = deque()
 
     def acquire(self, counter: Counter, limit: int) -> bool:
         store = self.store
@@ -52,7 +57,11 @@ class Counters:
                 "RELEASE", keys, [store.worker_id, store.keys.control(""), counter[1],
                                   int(decrement), int(prune), *self._live()])))
 
-        result = run(True, False)
+        try:
+            result = run(True, False)
+        except StoreUnavailableError:
+            self.unreleased.append(counter)
+            return
         if result[0] == -1:
             store.lease.renew()
             result = run(False, True)
@@ -60,6 +69,10 @@ class Counters:
             producer = store.producers.get(counter[1])
             if producer is not None:
                 producer.presence_changed()
+
+    def release_unreleased(self) -> None:
+        for _ in range(len(self.unreleased)):  # what fails again waits for the next turn
+            self.release(self.unreleased.popleft())
 
     def count(self, counter: Counter) -> int:
         store = self.store

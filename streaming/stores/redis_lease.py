@@ -69,6 +69,8 @@ class LeaseLoop:
                 failing = False
                 if self.orphans:
                     self._end_orphans()
+                if store.counters.unreleased:
+                    store.counters.release_unreleased()
             except StoreUnavailableError:
                 if not failing:
                     log.warning("could not renew this worker's lease: Redis is unreachable")
