@@ -94,6 +94,9 @@ def attach_stream(stream_id: str) -> Response:
     last = edge.last_event_id()
     edge.check_serving(m)
     meta = edge.find(m, stream_id, edge.caller(m), request.args.get("token"))
+    if meta.format != "native":
+        # Its events are in another format: resume it on that format's own path.
+        raise ApiError(404, "not_found", "no such stream (unknown, expired or not yours)")
     return edge.attach_response(m, meta, None if last is None else last + 1)
 
 

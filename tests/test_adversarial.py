@@ -283,3 +283,31 @@ def test_readiness_probes_the_upstream_once_however_many_ask(service_factory: An
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_drain_with_a_client_that_never_reads(service_factory: Any, sim: Any) -> None:
+    """SIGTERM while one client's socket is full: the others still get their terminal event
+    before the kill, and the worker still goes within graceful_timeout."""
+    import signal
+
+    from sseclient import until_first_token
+
+    svc = service_factory(openai_env(sim, HEARTBEAT_INTERVAL=1, GRACEFUL_TIMEOUT=5,
+                                     SEND_TIMEOUT=30, MAX_BODY_BYTES=16 * 2**20))
+    big = ["x" * 20000 + " "] * 400
+    stuck = raw_connect(svc, rcvbuf=4096)
+    payload = json.dumps(body(tokens=big, delay=0, stall_after=len(big))).encode()
+    stuck.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                  + payload)
+    assert sim.wait_for_requests(1, 10)
+    healthy = start(svc.url, body(tokens=1000, delay=0.05))
+    until_first_token(healthy)
+    stopped = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    events = collect(healthy)
+    assert events[-2].json["code"] == "producer_lost"
+    assert time.monotonic() - stopped < 5
+    svc.proc.wait(15)  # gunicorn kills what is left at graceful_timeout: the stuck write
+    assert time.monotonic() - stopped < 12
+    stuck.close()
