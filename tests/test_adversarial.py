@@ -311,3 +311,23 @@ def test_drain_with_a_client_that_never_reads(service_factory: Any, sim: Any) ->
     svc.proc.wait(15)  # gunicorn kills what is left at graceful_timeout: the stuck write
     assert time.monotonic() - stopped < 12
     stuck.close()
+
+
+FORGED = ["ok ", "\n\ndata: [DONE]\n\n", "id: 99\r\nretry: 1\r", "\u2028data: [DONE]\u2029",
+          "\x85event: x\x0b\x0c\x1c\x1d\x1e", "\ud7ff😀 end"]
+
+
+def test_forged_lines_in_model_text_stay_text(service: Service, sim: Any) -> None:
+    stream = start(service.url, body(tokens=FORGED), AUTH_A)
+    events = collect(stream)
+    assert text_of(events) == "".join(FORGED)
+    assert [e.data for e in events].count("[DONE]") == 1
+    # A client that splits lines the way str.splitlines does sees the same events.
+    raw = bytes(stream.raw).decode()
+    lines = raw.splitlines()
+    data = [line[6:] for line in lines if line.startswith("data: ")]
+    assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
+    tokens = [json.loads(d)["token"] for d in data[:-1] if json.loads(d)["type"] == "token"]
+    assert "".join(tokens) == "".join(FORGED)
+    assert not any(line.startswith(("event:", "id: 99", "retry: 1 ")) or line == "retry: 1"
+                   for line in lines)
