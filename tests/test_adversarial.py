@@ -331,3 +331,33 @@ def test_forged_lines_in_model_text_stay_text(service: Service, sim: Any) -> Non
     assert "".join(tokens) == "".join(FORGED)
     assert not any(line.startswith(("event:", "id: 99", "retry: 1 ")) or line == "retry: 1"
                    for line in lines)
+
+
+def test_a_flood_of_attaches_meets_max_followers(service: Service, sim: Any) -> None:
+    origin = start(service.url, body(tokens=[f"w{i} " for i in range(200)], delay=0.05), AUTH_A)
+    stream_id = origin.headers["X-Stream-Id"]
+    followers = []
+    try:
+        for _ in range(15):  # with the starter: 16, MAX_FOLLOWERS' default
+            follower = attach(service.url, stream_id, headers=AUTH_A)
+            assert follower.status == 200
+            followers.append(follower)
+        status, headers, raw = request(service.url, "GET", f"/api/chat/stream/{stream_id}",
+                                       headers=AUTH_A)
+        assert status == 429 and headers.get("retry-after")
+        assert json.loads(raw)["error"]["message"]
+        followers.pop().close()  # one leaves: one more may come
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            again = attach(service.url, stream_id, headers=AUTH_A)
+            if again.status == 200:
+                followers.append(again)
+                break
+            again.close()
+            time.sleep(0.05)  # the departure is noticed asynchronously: poll
+        assert followers[-1].status == 200 and len(followers) == 15
+    finally:
+        for follower in followers:
+            follower.close()
+        origin.close()
+    assert len(sim.requests) == 1
