@@ -101,8 +101,9 @@ class RedisStore:
         fields = lua.meta_fields(meta)
         meta_key, log_key, _ = self.keys.stream(meta.stream_id)
         ok = self.call(lambda retried: self._scripts["CREATE"](
-            keys=[meta_key, log_key], args=[self.running_ttl_ms, int(retried), meta.resume_token,
-                               len(fields) // 2, *fields, *events]))
+            keys=[meta_key, log_key],
+            args=[self.running_ttl_ms, int(retried), meta.resume_token, len(fields) // 2,
+                  *fields, *events]))
         if not ok:
             raise ValueError("stream id already in use")
         mirror = Mirror(meta, local=True)
@@ -113,6 +114,7 @@ class RedisStore:
     def append(self, stream_id: str, seq: int, events: list[bytes], *, end: bool = False) -> None:
         keys = self.keys.stream(stream_id)
         channel = self.keys.notify(stream_id)
+
         def run(retried: bool) -> Any:
             args = [seq, int(end), self._ended_ttl_ms, int(retried), channel, *events]
             if self._writer is None:
@@ -195,10 +197,12 @@ class RedisStore:
     def end_locally(self, stream_id: str, events: list[bytes]) -> None:
         mirror = self.mirrors.get(stream_id)
         if mirror is not None:
+            seq = len(mirror.log.events)
             with self.lock:
-                mirror.add(len(mirror.log.events), events, self.ttl)
+                mirror.add(seq, events, self.ttl)
             if mirror.local:
-                self.lease.orphans.add(stream_id)  # its end is written when Redis is back
+                # Written to Redis when it is back, the same bytes if it holds `seq` events.
+                self.lease.orphans[stream_id] = (seq, events)
 
     # -- control ------------------------------------------------------------------------
 

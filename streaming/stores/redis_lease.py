@@ -33,7 +33,8 @@ class LeaseLoop:
         self.live: frozenset[str] = frozenset((store.worker_id,))
         self.renewed = 0.0  # monotonic time of the last renewal that succeeded
         # Streams of this worker ended only here (Redis was away): their end is still due.
-        self.orphans: set[str] = set()
+        # stream -> (seq, events): the end this worker's readers got.
+        self.orphans: dict[str, tuple[int, list[bytes]]] = {}
         self._told_policy = False
         self.policy_checked = threading.Event()  # Redis's eviction policy has been looked at
         self.runner = spawn(self._run, "redis-lease")
@@ -80,16 +81,18 @@ class LeaseLoop:
             store.closed.wait(RENEW_EVERY)
 
     def _end_orphans(self) -> None:
-        """Write `store_unavailable` as the end of each stream this worker ended only locally:
-        its producer is gone, yet its worker is live, so nobody else would end it."""
+        """Write the end of each stream this worker ended only locally: its producer is gone,
+        yet its worker is live, so nobody else would end it. The same bytes its readers here
+        got when Redis holds what they held; else `store_unavailable` after what it holds."""
         store = self.store
-        for stream_id in list(self.orphans):
+        for stream_id, (seq, events) in list(self.orphans.items()):
             try:
                 # Redis's own count: this worker's mirror holds the local end.
                 n, ended = store.redis_status(stream_id)
                 if not ended:
-                    meta = store.meta(stream_id)
-                    store.append(stream_id, n, terminal(meta, n, STORE_UNAVAILABLE), end=True)
+                    if n != seq:
+                        events = terminal(store.meta(stream_id), n, STORE_UNAVAILABLE)
+                    store.append(stream_id, n, events, end=True)
             except (StreamClosedError, UnknownStreamError):
                 pass  # ended or expired meanwhile: nothing is due
-            self.orphans.discard(stream_id)
+            self.orphans.pop(stream_id, None)
