@@ -416,6 +416,18 @@ def test_a_resent_post_without_a_key_pays_for_a_second_generation(
     assert text != TEXT and text.endswith(TEXT)
 
 
+def test_fetch_event_source_retries_a_refusal_by_default(service: Service, sim: Any) -> None:
+    """Its default onopen takes any answer that is not an event stream (a 422 here, a 204 on a
+    resume after the end) for a network error, and its default onerror retries every second,
+    for ever: an app passes an onopen that throws a fatal error for those."""
+    client = NodeClient(lib="fetch-event-source", url=f"{service.url}/api/chat/stream",
+                        body={"messages": []}, maxErrors=2)
+    lines = client.finish()
+    assert [(m["event"], m.get("status")) for m in lines if m["event"] != "error"] == [
+        ("request", None), ("response", 422), ("request", None), ("response", 422), ("end", None)]
+    assert client.messages() == [] and sim.requests == []
+
+
 def test_requests_sse_left_running_re_posts_and_the_key_gets_204(service: Service,
                                                                   sim: Any) -> None:
     """An app that does not stop at the terminal event: requests-sse reconnects when the
@@ -709,19 +721,22 @@ def test_old_wire_in_chromium(old_wire: str, page_at: Any) -> None:
 def iter_chat(base: str, messages: list[dict[str, Any]], headers: dict[str, str] | None = None,
               ) -> Iterator[str]:
     """Yield the answer's text as it streams; resume after a dropped connection."""
-    headers = {**(headers or {}), "Idempotency-Key": str(uuid.uuid4())}  # a re-sent POST is free
+    headers = dict(headers or {})  # e.g. {"Authorization": "Bearer <key>"} with API_KEYS
+    key = str(uuid.uuid4())  # Idempotency-Key: a POST sent again attaches to the same stream
     stream_id, last_id = None, None
-    with httpx.Client(timeout=httpx.Timeout(10, read=60)) as client:  # read: above heartbeats
+    # A read timeout well above the heartbeat (HEARTBEAT_INTERVAL, 15 s by default).
+    with httpx.Client(timeout=httpx.Timeout(10, read=60)) as client:
         for attempt in range(5):
             if stream_id is None:  # POST once...
-                method, url, extra = "POST", f"{base}/api/chat/stream", {}
+                method, url = "POST", f"{base}/api/chat/stream"
+                kwargs: dict[str, Any] = {"json": {"messages": messages},
+                                          "headers": {**headers, "Idempotency-Key": key}}
             else:  # ...then resume with GET and Last-Event-ID
                 method, url = "GET", f"{base}/api/chat/stream/{stream_id}"
-                extra = {"Last-Event-ID": last_id} if last_id is not None else {}
+                after = {"Last-Event-ID": last_id} if last_id is not None else {}
+                kwargs = {"headers": {**headers, **after}}
             try:
-                with connect_sse(client, method, url, headers={**headers, **extra},
-                                 json={"messages": messages} if method == "POST" else None,
-                                 ) as source:
+                with connect_sse(client, method, url, **kwargs) as source:
                     source.response.raise_for_status()
                     stream_id = source.response.headers["X-Stream-Id"]
                     for sse in source.iter_sse():
@@ -731,19 +746,23 @@ def iter_chat(base: str, messages: list[dict[str, Any]], headers: dict[str, str]
                         last_id = sse.id
                         if event["type"] == "token":
                             yield event["token"]
-                        elif event["type"] == "done":
+                        elif event["type"] == "done":  # terminal: stop here
                             return
                         elif event["type"] == "error":
                             raise RuntimeError(f"{event['code']}: {event['message']}")
-            except httpx.TransportError:
-                time.sleep(0.5 * 2**attempt)  # the connection dropped: resume
+            except httpx.TransportError:  # the connection dropped: resume
+                time.sleep(0.5 * 2**attempt)
     raise RuntimeError("gave up after 5 connections")
 
 
-def test_httpx_sse_example_resumes_to_the_exact_text(service: Service, sim: Any) -> None:
-    with TCPProxy(("127.0.0.1", service.port)) as proxy:
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-keys", "api-keys"])
+def test_httpx_sse_example_resumes_to_the_exact_text(request: Any, sim: Any,
+                                                     keyed: bool) -> None:
+    svc: Service = request.getfixturevalue("keyed_service" if keyed else "service")
+    with TCPProxy(("127.0.0.1", svc.port)) as proxy:
         text = []
-        for token in iter_chat(proxy.url, sim_prompt(**SCRIPT)):
+        for token in iter_chat(proxy.url, sim_prompt(**SCRIPT),
+                               {"Authorization": f"Bearer {KEY}"} if keyed else None):
             text.append(token)
             if len(text) == CUT_AFTER:
                 assert proxy.cut() >= 1
