@@ -1,5 +1,6 @@
 """What only the Redis store does: TTLs and key layout, several workers on one Redis (pub/sub
-wake-ups, cancel, presence, leases and lost producers), Redis faults, and a Redis Cluster."""
+wake-ups, cancel, presence, leases and lost producers), Redis faults (killed, hung, pub/sub
+cut), a Redis Cluster, rediss:// and unix:// URLs, and the eviction-policy warning."""
 
 from __future__ import annotations
 
