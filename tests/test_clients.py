@@ -49,7 +49,7 @@ TEXT = "".join(WORDS)
 # delta: about two seconds a stream, long enough to cut it in the middle.
 SCRIPT: dict[str, Any] = {"tokens": WORDS, "first_delay": 0.6, "delay": 0.04}
 CUT_AFTER = 5  # token events seen before the connection is cut
-PLAIN_CALLS = (httpx.TransportError, requests.RequestException)
+DROPPED = (httpx.TransportError, requests.RequestException)  # what a cut raises
 
 
 def _sseclient_py() -> ModuleType:
@@ -107,11 +107,9 @@ def stream_gets(svc: Service, stream_id: str) -> list[int]:
     return [int(status) for status in re.findall(pattern, svc.log())]
 
 
-def wire(base: str, stream_id: str, headers: dict[str, str] | None = None,
-         ) -> list[tuple[str | None, str]]:
+def wire(base: str, stream_id: str) -> list[tuple[str | None, str]]:
     """The stream's events as they are on the wire (our strict client, from seq 0)."""
-    return [(e.id, e.data) for e in collect(open_stream(f"{base}/api/chat/stream/{stream_id}",
-                                                        headers=headers))]
+    return [(e.id, e.data) for e in collect(open_stream(f"{base}/api/chat/stream/{stream_id}"))]
 
 
 def start_stream(base: str, body: dict[str, Any], headers: dict[str, str] | None = None,
@@ -221,7 +219,7 @@ def test_python_library_resumes_with_last_event_id(service: Service, sim: Any,
                                                    lib: str) -> None:
     with TCPProxy(("127.0.0.1", service.port)) as proxy:
         app: list[tuple[str | None, str]] = []
-        with pytest.raises(PLAIN_CALLS):
+        with pytest.raises(DROPPED):
             read_to_done(PY_LIBS[lib](f"{proxy.url}/api/chat/stream", chat_body()), proxy.cut,
                          app)
         stream_id = json.loads(app[0][1])["stream_id"]
@@ -289,7 +287,7 @@ class NodeClient:
         self.proc.wait(10)
         self._reader.join(10)
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        err = self.proc.stderr.read()
+        err = "" if self.proc.stderr.closed else self.proc.stderr.read()
         self.proc.stdout.close()
         self.proc.stderr.close()
         return err
@@ -302,6 +300,20 @@ class NodeClient:
 
     def tokens_seen(self, n: int) -> Callable[[dict[str, Any]], bool]:
         return lambda item: item["event"] == "message" and token_count(self.messages()) >= n
+
+
+@pytest.fixture
+def node() -> Iterator[Callable[..., NodeClient]]:
+    """Start Node clients; whatever the test's outcome, none outlives it."""
+    clients: list[NodeClient] = []
+
+    def start(**config: Any) -> NodeClient:
+        clients.append(NodeClient(**config))
+        return clients[-1]
+
+    yield start
+    for client in clients:
+        client.close()
 
 
 def node_config(lib: str, base: str, body: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -322,9 +334,9 @@ JS_LIBS = ["eventsource", "eventsource-parser", "fetch-event-source"]
 
 @pytest.mark.parametrize("lib", JS_LIBS)
 def test_node_library_gets_exactly_the_streams_events(service: Service, sim: Any,
-                                                      lib: str) -> None:
+                                                      lib: str, node: Any) -> None:
     pings = heartbeats(service.url)
-    client = NodeClient(**node_config(lib, service.url, chat_body()))
+    client = node(**node_config(lib, service.url, chat_body()))
     lines = client.finish()
     app = app_events(lib, client.messages())
     stream_id = json.loads(app[0][1])["stream_id"]
@@ -335,9 +347,10 @@ def test_node_library_gets_exactly_the_streams_events(service: Service, sim: Any
 
 
 @pytest.mark.parametrize("lib", ["eventsource", "eventsource-parser"])
-def test_node_library_resumes_with_last_event_id(service: Service, sim: Any, lib: str) -> None:
+def test_node_library_resumes_with_last_event_id(service: Service, sim: Any, lib: str,
+                                                 node: Any) -> None:
     with TCPProxy(("127.0.0.1", service.port)) as proxy:
-        client = NodeClient(**node_config(lib, proxy.url, chat_body(), resume=True))
+        client = node(**node_config(lib, proxy.url, chat_body(), resume=True))
         client.wait_for(client.tokens_seen(CUT_AFTER))
         assert proxy.cut() >= 1
         client.finish()
@@ -354,9 +367,10 @@ def test_node_library_resumes_with_last_event_id(service: Service, sim: Any, lib
     assert len(sim.requests) == 1
 
 
-def test_npm_eventsource_never_closed_stops_at_the_204(service: Service, sim: Any) -> None:
-    client = NodeClient(**node_config("eventsource", service.url, chat_body(first_delay=0),
-                                      closeOnEnd=False))
+def test_npm_eventsource_never_closed_stops_at_the_204(service: Service, sim: Any,
+                                                       node: Any) -> None:
+    client = node(**node_config("eventsource", service.url, chat_body(first_delay=0),
+                                closeOnEnd=False))
     lines = client.finish()
     app = client.messages()
     stream_id = json.loads(app[0][1])["stream_id"]
@@ -373,8 +387,8 @@ def test_npm_eventsource_never_closed_stops_at_the_204(service: Service, sim: An
 
 
 def resent_post_fetch_event_source(url: str, body: dict[str, Any], headers: dict[str, str],
-                                   proxy: TCPProxy) -> list[tuple[str | None, str]]:
-    client = NodeClient(lib="fetch-event-source", url=url, body=body, headers=headers)
+                                   proxy: TCPProxy, node: Any) -> list[tuple[str | None, str]]:
+    client = node(lib="fetch-event-source", url=url, body=body, headers=headers)
     client.wait_for(client.tokens_seen(CUT_AFTER))
     assert proxy.cut() >= 1
     client.finish()
@@ -385,7 +399,7 @@ def resent_post_fetch_event_source(url: str, body: dict[str, Any], headers: dict
 
 
 def resent_post_requests_sse(url: str, body: dict[str, Any], headers: dict[str, str],
-                             proxy: TCPProxy) -> list[tuple[str | None, str]]:
+                             proxy: TCPProxy, node: Any) -> list[tuple[str | None, str]]:
     return read_to_done(iter_requests_sse(url, body, headers), proxy.cut)
 
 
@@ -395,19 +409,19 @@ RESENDERS = {"fetch-event-source": resent_post_fetch_event_source,
 
 @pytest.mark.parametrize("lib", list(RESENDERS))
 def test_a_resent_post_with_an_idempotency_key_attaches_to_its_stream(
-        service: Service, sim: Any, lib: str) -> None:
+        service: Service, sim: Any, lib: str, node: Any) -> None:
     with TCPProxy(("127.0.0.1", service.port)) as proxy:
         app = RESENDERS[lib](f"{proxy.url}/api/chat/stream", chat_body(),
-                             {"Idempotency-Key": str(uuid.uuid4())}, proxy)
+                             {"Idempotency-Key": str(uuid.uuid4())}, proxy, node)
     assert_same_events(app, wire(service.url, json.loads(app[0][1])["stream_id"]))
     assert len(sim.requests) == 1  # one generation
 
 
 @pytest.mark.parametrize("lib", list(RESENDERS))
 def test_a_resent_post_without_a_key_pays_for_a_second_generation(
-        service: Service, sim: Any, lib: str) -> None:
+        service: Service, sim: Any, lib: str, node: Any) -> None:
     with TCPProxy(("127.0.0.1", service.port)) as proxy:
-        app = RESENDERS[lib](f"{proxy.url}/api/chat/stream", chat_body(), {}, proxy)
+        app = RESENDERS[lib](f"{proxy.url}/api/chat/stream", chat_body(), {}, proxy, node)
     starts = [json.loads(d) for _, d in app if '"type":"start"' in d]
     assert len(starts) == 2 and starts[0]["stream_id"] != starts[1]["stream_id"]
     assert sim.wait_for_requests(2, 5)
@@ -416,12 +430,13 @@ def test_a_resent_post_without_a_key_pays_for_a_second_generation(
     assert text != TEXT and text.endswith(TEXT)
 
 
-def test_fetch_event_source_retries_a_refusal_by_default(service: Service, sim: Any) -> None:
+def test_fetch_event_source_retries_a_refusal_by_default(service: Service, sim: Any,
+                                                         node: Any) -> None:
     """Its default onopen takes any answer that is not an event stream (a 422 here, a 204 on a
     resume after the end) for a network error, and its default onerror retries every second,
     for ever: an app passes an onopen that throws a fatal error for those."""
-    client = NodeClient(lib="fetch-event-source", url=f"{service.url}/api/chat/stream",
-                        body={"messages": []}, maxErrors=2)
+    client = node(lib="fetch-event-source", url=f"{service.url}/api/chat/stream",
+                  body={"messages": []}, maxErrors=2)
     lines = client.finish()
     assert [(m["event"], m.get("status")) for m in lines if m["event"] != "error"] == [
         ("request", None), ("response", 422), ("request", None), ("response", 422), ("end", None)]
@@ -693,11 +708,11 @@ def old_wire() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("lib", [*PY_LIBS, *JS_LIBS])
-def test_old_wire_gave_empty_events_to_two_libraries(old_wire: str, lib: str) -> None:
+def test_old_wire_gave_empty_events_to_two_libraries(old_wire: str, lib: str, node: Any) -> None:
     if lib in PY_LIBS:
         app = read_to_done(PY_LIBS[lib](f"{old_wire}/sse"))
     else:
-        client = NodeClient(lib=lib, url=f"{old_wire}/sse")
+        client = node(lib=lib, url=f"{old_wire}/sse")
         client.finish()
         app = client.messages()
     empty = [event for event in app if event[1] == ""]
