@@ -453,6 +453,7 @@ def test_requests_sse_left_running_re_posts_and_the_key_gets_204(service: Servic
         for event in iter_requests_sse(f"{service.url}/api/chat/stream", body,
                                        {"Idempotency-Key": str(uuid.uuid4())}):
             app.append(event)
+    assert refused.value.response is not None
     refused.value.response.close()  # requests-sse leaves a refused response open
     assert refused.value.status_code == 204
     assert app[-1][1] == "[DONE]" and len(sim.requests) == 1
@@ -556,7 +557,12 @@ def page_at(chromium: Any) -> Iterator[Callable[[str], tuple[Any, Callable[[], l
         contexts.append(context)
         page = context.new_page()
         made: list[Any] = []
-        page.on("request", lambda r: r.resource_type == "eventsource" and made.append(r))
+
+        def record(r: Any) -> None:
+            if r.resource_type == "eventsource":
+                made.append(r)
+
+        page.on("request", record)
 
         def seen() -> list[Any]:
             # all_headers(): the plain `headers` leave out what the browser adds itself.

@@ -9,7 +9,7 @@
 //                                      then follow `${url}/${X-Stream-Id}` with the EventSource
 //           closeOnEnd?: true,         close on the terminal event (done or error), as an app should;
 //                                      false: leave the library to its own devices
-//           resume?: false,            eventsource-parser only: after a broken read, GET the
+//           resume?: false,            eventsource-parser: after a broken read, GET the
 //                                      stream again with Last-Event-ID, as an app must do itself
 //           maxErrors?: 20 }           fetch-event-source: stop it after this many onerror calls
 //
@@ -18,7 +18,7 @@
 //   {"event": "response", status}                    the answer's status
 //   {"event": "message", id, data, retry?}           every event handed to the application
 //   {"event": "error", message, code?, readyState?}
-//   {"event": "end", readyState?}
+//   {"event": "end"}
 import { EventSource } from "eventsource";
 import { createParser } from "eventsource-parser";
 import { fetchEventSource } from "@microsoft/fetch-event-source";
