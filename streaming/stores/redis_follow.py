@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LISTEN = 0.1  # how long one turn of the loop waits for a message
 POLL = 1.0  # how often a quiet stream is read anyway, and lost producers looked for
 ECHO = 5.0  # how often the loop checks that its pub/sub connection still delivers
+CONFIRM = 0.9  # a producer's worker is lost when still without a lease at the next look
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +96,7 @@ class FollowLoop:
         self._control = store.keys.control(store.worker_id).encode()
         self._echo_sent: float | None = None  # an echo published and not heard back yet
         self._echo_at = 0.0
+        self._missing: dict[str, float] = {}  # worker without a lease -> since when
         self.runner = spawn(self._run, "redis-follow")
 
     def open(self, stream_id: str, cursor: int) -> Mirror | tuple[list[bytes], bool]:
@@ -265,11 +267,22 @@ class FollowLoop:
         suspects = [sid for sid, m in list(store.mirrors.items())
                     if m.followed and m.meta.worker not in store.lease.live]
         if not suspects or not store.lease.fresh():
-            return  # without a fresh view of the leases, nobody is declared lost
+            # Without a fresh view of the leases nobody is declared lost, and a worker
+            # missing before that view went stale is not counted missing since then.
+            self._missing.clear()
+            return
         store.lease.renew()  # a worker that started a moment ago is not lost
+        now = time.monotonic()
+        live = store.lease.live
+        self._missing = {w: t for w, t in self._missing.items() if w not in live}
         for sid in suspects:
             mirror = store.mirrors.get(sid)
-            if mirror is None or mirror.meta.worker in store.lease.live:
+            if mirror is None or mirror.meta.worker in live:
+                continue
+            # Missing from two views a second apart: after a Redis outage every lease has
+            # lapsed, and the producer's worker gets its turn to renew before it is lost.
+            missing_since = self._missing.setdefault(mirror.meta.worker, now)
+            if now - missing_since < CONFIRM:
                 continue
             self.refresh({sid})
             if not mirror.followed:
