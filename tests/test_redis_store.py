@@ -399,3 +399,26 @@ def test_a_release_redis_missed_is_made_once_it_is_back(
     assert producer.presence.wait(10)  # made when Redis answered again
     assert a.count(("followers", "s")) == 0
     assert a.count(("connections", "owner")) == 0
+
+
+def test_connections_are_bounded_whatever_the_followers(
+        workers: Callable[..., RedisStore], redis_server: RedisServer) -> None:
+    a, b = workers(), workers(max_connections=4)
+    for i in range(40):
+        a.create(meta(a, f"s{i}"), [b"e0"])
+    results: list[list[bytes]] = []
+
+    def follow(i: int) -> None:
+        results.append(read_until(b, f"s{i}", 0, lambda e: len(e) == 2, timeout=15))
+
+    threads = [threading.Thread(target=follow, args=(i,)) for i in range(40) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # 80 readers wait on 40 remote streams
+    held = redis_server.cli("CLIENT", "LIST").count(f"name=llmstream-{b.worker_id}")
+    for i in range(40):
+        a.append(f"s{i}", 1, [b"e1"])
+    for t in threads:
+        t.join(20)
+    assert results == [[b"e0", b"e1"]] * 80
+    assert 1 <= held <= 5  # its pool of 4 and its one pub/sub connection

@@ -68,6 +68,8 @@ class RedisStore:
             "socket_timeout": 2.0, "socket_connect_timeout": 2.0,
             # Retrying is ours (`call`): one window, whatever the command.
             "retry": Retry(NoBackoff(), 0),
+            # CLIENT LIST tells which worker holds which connection.
+            "client_name": f"llmstream-{self.worker_id}",
         }
         self.client: Any
         if settings.REDIS_CLUSTER:
