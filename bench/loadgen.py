@@ -61,9 +61,9 @@ class Run:
         self.starting = asyncio.Semaphore(int(spec.get("max_starting") or 1 << 30))
         self.stopped = False  # past the deadline: start nothing more
 
-    def request(self, index: int) -> bytes:
-        script = {"tokens": self.tokens, "delay": self.delay,
-                  "first_delay": float(self.spec.get("first_delay", 0)), "id": f"s{index}"}
+    def request(self, index: int, at: float) -> bytes:
+        """The request of stream `index`; its deltas are due at `at` + i * delay."""
+        script = {"tokens": self.tokens, "delay": self.delay, "at": at, "id": f"s{index}"}
         if self.spec.get("gate"):  # wire_sim: deltas go on until the gate opens, then an end
             script.update(gate=self.spec["gate"],
                           gate_until=self.t0 + float(self.spec.get("gate_timeout", 300)))
@@ -110,7 +110,7 @@ class StreamClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.write(self.run.request(self.index))
+        transport.write(self.run.request(self.index, self.sent))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -168,9 +168,10 @@ class StreamClient(asyncio.Protocol):
         self.pieces.append(text)
         run.buckets[int((now - run.t0) / BUCKET)] += k
         if run.lags is not None:
-            base = self.first
-            run.lags.extend(now - (base + j * run.delay) for j in range(self.deltas,
-                                                                        self.deltas + k))
+            # From the simulator's write (on schedule) to our read, for the deltas due after the
+            # first one arrived: by then the simulator had the request, so it wrote them on time.
+            due = (self.sent + j * run.delay for j in range(self.deltas, self.deltas + k))
+            run.lags.extend(now - t for t in due if t > self.first)
         self.deltas += k
 
     def _verdict(self) -> str:

@@ -9,6 +9,8 @@ the same `SIM {...}` script in the last user message, with the keys the benchmar
     delay        seconds between deltas (default 0.05); deltas follow a fixed schedule from the
                  request's arrival, so a slow reader never slows the pace
     first_delay  seconds before the first content delta (default 0)
+    at           instead of first_delay: when the first delta is due, a time.monotonic() value
+                 (the same clock in every process), so a client knows when each was written
     id           text prefix of every delta: delta i is f"{id}-{i} " (one space, at the end, so a
                  client can count deltas in joined text); default "t"
     gate         a name: after its `tokens` deltas the stream goes on at the same pace until
@@ -86,7 +88,10 @@ class _Stream:
         self.head, self.tail_open, self.tail = head, tail % b"null", tail
         self.i = 0
         self.loop = asyncio.get_running_loop()
-        self.start = self.loop.time() + float(script.get("first_delay", 0))
+        if "at" in script:  # the loop's clock may be offset from time.monotonic() (uvloop's is)
+            self.start = float(script["at"]) + self.loop.time() - time.monotonic()
+        else:
+            self.start = self.loop.time() + float(script.get("first_delay", 0))
         self.timer: asyncio.TimerHandle | None = None
         self.gate: str | None = script.get("gate")
         self.gate_until = float(script.get("gate_until", time.monotonic() + 300))
