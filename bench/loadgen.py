@@ -110,7 +110,7 @@ class StreamClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.write(self.run.request(self.index, self.sent))
+        self.transport.write(self.run.request(self.index, self.sent))
 
     def data_received(self, data: bytes) -> None:
         try:

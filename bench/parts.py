@@ -7,6 +7,7 @@ the sizes, and returns a dict of plain numbers plus the load generator's verdict
 
 from __future__ import annotations
 
+import functools
 import http.client
 import math
 import subprocess
@@ -168,7 +169,7 @@ def capacity(server: Server, sim: Server, levels: list[int], open_rate: float, h
     for n in levels:
         t0 = time.monotonic()
         spec = slow(n, open_rate, hold, delay)
-        result = load(server, lambda spec=spec: release(sim, spec["gate"]), **spec)
+        result = load(server, functools.partial(release, sim, spec["gate"]), **spec)
         passed = result["ok"] == n and result["peak_open"] == n
         tried.append({**verdicts(result), "peak_open": result["peak_open"], "passed": passed,
                       "peak_rss_mib": max((s[2] for s in server.samples if s[0] >= t0),

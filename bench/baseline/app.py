@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 from fastapi import FastAPI
@@ -40,8 +40,7 @@ class ChatRequest(BaseModel):
 async def chat_stream(request: ChatRequest) -> StreamingResponse:
     async def iter_events() -> AsyncIterator[str]:
         stream = await client.chat.completions.create(
-            model=request.model or MODEL, messages=request.messages,  # type: ignore[arg-type]
-            stream=True)
+            model=request.model or MODEL, messages=cast(Any, request.messages), stream=True)
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 yield f"data: {json.dumps({'token': chunk.choices[0].delta.content})}\n\n"
