@@ -422,3 +422,21 @@ def test_connections_are_bounded_whatever_the_followers(
         t.join(20)
     assert results == [[b"e0", b"e1"]] * 80
     assert 1 <= held <= 5  # its pool of 4 and its one pub/sub connection
+
+
+def test_a_stream_redis_lost_ends_with_store_unavailable_for_its_readers(
+        workers: Callable[..., RedisStore], redis_crashable: RedisServer) -> None:
+    a = workers(redis_crashable.url)
+    b = workers(redis_crashable.url)
+    a.create(meta(a), [b"e0"])
+    assert b.read("s", 0, 0) == ([b"e0"], False)
+    got: list[list[bytes]] = []
+    t = threading.Thread(target=lambda: got.append(
+        read_until(b, "s", 1, lambda e: False, timeout=10)))
+    t.start()
+    assert redis_crashable.cli("FLUSHALL").strip() == "OK"  # as a restart without persistence
+    t.join(15)
+    assert got and len(got[0]) == 1
+    assert got[0][0].startswith(b"id: 1\n") and b'"code":"store_unavailable"' in got[0][0]
+    with pytest.raises(StoreUnavailableError):  # and its producer is told as much
+        a.append("s", 1, [b"e1"])

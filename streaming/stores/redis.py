@@ -160,8 +160,6 @@ class RedisStore:
                 break
             mirror.readers -= 1  # dropped as idle just now (threads): take it again
         try:
-            if mirror.gone:
-                raise UnknownStreamError(stream_id)
             return mirror.log.read(cursor, timeout)
         finally:
             mirror.readers -= 1

@@ -46,7 +46,6 @@ class Mirror:
     readers: int = 0  # read() calls under way
     idle_since: float = field(default_factory=time.monotonic)
     checked: float = 0.0  # monotonic time it was last read from Redis
-    gone: bool = False  # expired or deleted in Redis
 
     def add(self, first: int, events: list[bytes], ended_ttl: float | None) -> bool:
         """Add `events` (seq `first` on); True if the mirror holds them all now."""
@@ -69,7 +68,7 @@ class Mirror:
     @property
     def followed(self) -> bool:
         """Kept current by the follow loop."""
-        return not self.local and not self.log.ended and not self.gone
+        return not self.local and not self.log.ended
 
 
 def events_of(entries: list[Any], first: int) -> list[bytes]:
@@ -224,7 +223,7 @@ class FollowLoop:
         if followed is None or mirror is None:
             return
         n, _, end = data.decode().partition(" ")
-        if len(mirror.log.events) < int(n) or (end and not mirror.log.ended):
+        if not n.isdigit() or len(mirror.log.events) < int(n) or (end and not mirror.log.ended):
             self._due.append(followed)
 
     # -- reading, in one round trip -----------------------------------------------------
@@ -249,8 +248,10 @@ class FollowLoop:
             (state, n), entries = replies[2 * i], replies[2 * i + 1]
             mirror.checked = now
             if state is None:
-                mirror.gone = True  # expired or deleted: its readers stop
-                mirror.log.notify()
+                # A running stream cannot expire: Redis lost it (a restart without
+                # persistence, a flush). Its readers here learn so, as from a lost Redis.
+                with store.lock:
+                    mirror.add(have, terminal(mirror.meta, have, STORE_UNAVAILABLE), store.ttl)
                 continue
             events = events_of(entries, have)
             # The state was read before the entries: if it had ended, every event came.
