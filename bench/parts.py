@@ -58,7 +58,7 @@ def ms(seconds: float | None) -> float | None:
 
 def warm_up(server: Server) -> None:
     """A few streams first: the first request builds clients, pools and lazy imports."""
-    load(server, streams=20, concurrency=10, tokens=5, delay=0.01, timeout=60)
+    load(server, streams=40, concurrency=20, tokens=5, delay=0.01, timeout=60)
 
 
 def rate(server: Server, sim: Server, streams: int, per_second: float,
