@@ -126,8 +126,10 @@ if ARGV[2] == '1' then
   redis.call('PUBLISH', ARGV[5], n .. ' end')
 else
   redis.call('HSET', KEYS[1], 'n', n)
-  if redis.call('PTTL', KEYS[2]) < 0 then
-    redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+  if redis.call('PTTL', KEYS[2]) < 0 then  -- the log's first entries: the meta's lifetime
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl < 1 then ttl = ARGV[3] end  -- never a key without one, whatever happened
+    redis.call('PEXPIRE', KEYS[2], ttl)
   end
   redis.call('PUBLISH', ARGV[5], tostring(n))
 end
