@@ -111,6 +111,10 @@ def test_every_key_has_a_ttl_and_the_layout_is_versioned(
     ended = ttls()
     assert all(0 < ended[k] <= 60_000 for k in stream_keys), ended
     assert all(ttl > 0 for ttl in ended.values()), ended
+    # A stream created without events gets its log's TTL with its first append.
+    a.create(meta(a, "empty"), [])
+    a.append("empty", 0, [b"x"])
+    assert r.pttl(f"{prefix}v1:{{empty}}:l") > 120_000
     # The log holds one Redis Stream entry per event, with the seq as its id.
     entries = r.xrange(f"{prefix}v1:{{s}}:l")
     assert [(i, f[b"e"]) for i, f in entries] == [(b"0-1", b"e0"), (b"1-1", b"e1"),
