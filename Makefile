@@ -51,8 +51,8 @@ system-deps:
 screenshot: $(VENV)/.installed
 	$(BIN)/python tests/browser.py docs/screenshot.png
 
-# This service against FastAPI + uvicorn + AsyncOpenAI on loopback, side by side (about six
-# minutes; BENCH_ARGS=--quick for about one): bench/results/latest.json and latest.png.
+# This service against FastAPI + uvicorn + AsyncOpenAI on loopback, side by side (several
+# minutes; BENCH_ARGS=--quick for about two): bench/results/latest.json and latest.png.
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/relay_bench.py $(BENCH_ARGS)
 

@@ -7,8 +7,8 @@ with the same load from a separate process (bench/loadgen.py, which checks every
 exact), and takes server CPU and memory from the kernel's accounting of the server processes.
 Writes bench/results/latest.json and latest.png and prints a table.
 
-    .venv/bin/python bench/relay_bench.py                  # everything, about 6 minutes
-    .venv/bin/python bench/relay_bench.py --quick          # smaller sizes, about a minute
+    .venv/bin/python bench/relay_bench.py                  # everything, several minutes
+    .venv/bin/python bench/relay_bench.py --quick          # smaller sizes, one to two minutes
     .venv/bin/python bench/relay_bench.py --only cpu,memory --rate-streams 100
 
 Parts (`--only`): cpu (CPU per relayed delta at each `--rates`; also gives ttft), ttft (added
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts, of: {', '.join(PARTS)}")
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (a minute or so)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (one to two minutes)")
     ap.add_argument("--rates", default="50,20", help="deltas per second per stream")
     ap.add_argument("--rate-streams", type=int, default=200)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per rate run")
