@@ -444,3 +444,20 @@ def test_a_stream_redis_lost_ends_with_store_unavailable_for_its_readers(
     assert got[0][0].startswith(b"id: 1\n") and b'"code":"store_unavailable"' in got[0][0]
     with pytest.raises(StoreUnavailableError):  # and its producer is told as much
         a.append("s", 1, [b"e1"])
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+def test_unreachable_at_start(cluster: bool) -> None:
+    # The worker starts; it is not ready, and starts are refused in good time.
+    store = RedisStore(Settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                                REDIS_CLUSTER=cluster))
+    try:
+        assert not store.ping()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            store.create(meta(store), [b"e0"])
+        with pytest.raises(StoreUnavailableError):
+            store.read("s", 0, 1)
+        assert time.monotonic() - started < 8
+    finally:
+        store.close()

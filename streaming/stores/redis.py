@@ -42,7 +42,7 @@ T = TypeVar("T")
 # Worth another attempt within the retry window: the server is away, busy or failing over
 # (the builtin errors: the batched writer's own).
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError,
-              redis.ReadOnlyError, ConnectionError, TimeoutError)
+              redis.ReadOnlyError, redis.RedisClusterException, ConnectionError, TimeoutError)
 
 
 class RedisStore:
@@ -71,18 +71,20 @@ class RedisStore:
             # CLIENT LIST tells which worker holds which connection.
             "client_name": f"llmstream-{self.worker_id}",
         }
-        self.client: Any
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._connecting = threading.Lock()
+        self._cluster_args: tuple[str, dict[str, Any]] | None = None
         if settings.REDIS_CLUSTER:
-            self.client = redis.RedisCluster.from_url(
-                settings.REDIS_URL, max_connections=max_connections, **timeouts)
+            # Made on first use: the cluster client reads the slot map at once, and a worker
+            # must start (and answer /readyz 503) while Redis is away.
+            self._cluster_args = (settings.REDIS_URL,
+                                  {"max_connections": max_connections, **timeouts})
         else:
             pool = redis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL, max_connections=max_connections, timeout=retry_for,
                 **timeouts)
-            self.client = redis.Redis(connection_pool=pool)
-        self._scripts = {name: self.client.register_script(getattr(lua, name)) for name in (
-            "CREATE", "APPEND", "CANCEL", "ACQUIRE", "RELEASE", "LEASE", "INDEX_ADD",
-            "INDEX_REMOVE")}
+            self._use(redis.Redis(connection_pool=pool))
         self.mirrors: dict[str, Mirror] = {}
         self.lock = threading.Lock()
         self.producers: dict[str, Producer] = {}
@@ -102,10 +104,10 @@ class RedisStore:
             self.lease.renew()  # a stream must not start under a lapsed lease
         fields = lua.meta_fields(meta)
         meta_key, log_key, _ = self.keys.stream(meta.stream_id)
-        ok = self.call(lambda retried: self._scripts["CREATE"](
-            keys=[meta_key, log_key],
-            args=[self.running_ttl_ms, int(retried), meta.resume_token, len(fields) // 2,
-                  *fields, *events]))
+        ok = self.call(lambda retried: self.script(
+            "CREATE", [meta_key, log_key],
+            [self.running_ttl_ms, int(retried), meta.resume_token, len(fields) // 2, *fields,
+             *events]))
         if not ok:
             raise ValueError("stream id already in use")
         mirror = Mirror(meta, local=True)
@@ -120,7 +122,7 @@ class RedisStore:
         def run(retried: bool) -> Any:
             args = [seq, int(end), self._ended_ttl_ms, int(retried), channel, *events]
             if self._writer is None:
-                return self._scripts["APPEND"](keys=keys, args=args)
+                return self.script("APPEND", list(keys), args)
             return self._writer.submit([*keys, *args])
 
         result = self.call(run)
@@ -223,8 +225,7 @@ class RedisStore:
             producer.cancel()
             return
         m, _, _ = self.keys.stream(stream_id)
-        self.call(lambda _: self._scripts["CANCEL"](
-            keys=[m], args=[self.keys.control(""), stream_id]))
+        self.call(lambda _: self.script("CANCEL", [m], [self.keys.control(""), stream_id]))
 
     # -- presence and limits ------------------------------------------------------------
 
@@ -241,8 +242,7 @@ class RedisStore:
 
     def index_add(self, key: IndexKey, value: str) -> str | None:
         k = self.keys.index(*key)
-        old = self.call(lambda _: self._scripts["INDEX_ADD"](
-            keys=[k], args=[value, self._index_ttl_ms]))
+        old = self.call(lambda _: self.script("INDEX_ADD", [k], [value, self._index_ttl_ms]))
         return None if old is None else bytes(old).decode()
 
     def index_swap(self, key: IndexKey, value: str) -> str | None:
@@ -257,14 +257,14 @@ class RedisStore:
 
     def index_remove(self, key: IndexKey, value: str) -> None:
         k = self.keys.index(*key)
-        self.call(lambda _: self._scripts["INDEX_REMOVE"](keys=[k], args=[value]))
+        self.call(lambda _: self.script("INDEX_REMOVE", [k], [value]))
 
     # -- health -------------------------------------------------------------------------
 
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except redis.RedisError:
+        except (redis.RedisError, redis.RedisClusterException):
             return False
 
     def close(self) -> None:
@@ -276,12 +276,15 @@ class RedisStore:
             loops.append(self._writer.runner)
         for loop in loops:
             loop.join(5)
-        with suppress(redis.RedisError):
+        client = self._client
+        if client is None:
+            return
+        with suppress(redis.RedisError, redis.RedisClusterException):
             # Workers following this one's streams find them lost at once, not after a lease.
-            self.client.zrem(self.keys.workers, self.worker_id)
-        self.client.close()
-        if not isinstance(self.client, redis.RedisCluster):
-            self.client.connection_pool.disconnect()  # a pool we made: Redis leaves it open
+            client.zrem(self.keys.workers, self.worker_id)
+        client.close()
+        if not isinstance(client, redis.RedisCluster):
+            client.connection_pool.disconnect()  # a pool we made: Redis leaves it open
 
     # -- inside: calls and the lease ----------------------------------------------------
 
@@ -329,7 +332,30 @@ class RedisStore:
         return results
 
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts[name](keys=keys, args=args)
+        client = self.client
+        return self._scripts[name](keys=keys, args=args, client=client)
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (a cluster's is made here, on first use)."""
+        client = self._client
+        if client is None:
+            assert self._cluster_args is not None
+            with self._connecting:
+                if self._client is None:
+                    url, kwargs = self._cluster_args
+                    try:
+                        self._use(redis.RedisCluster.from_url(url, **kwargs))
+                    except redis.RedisClusterException as exc:
+                        raise redis.ConnectionError(f"no Redis Cluster node: {exc}") from exc
+                client = self._client
+        return client
+
+    def _use(self, client: Any) -> None:
+        self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
+            "CREATE", "APPEND", "CANCEL", "ACQUIRE", "RELEASE", "LEASE", "INDEX_ADD",
+            "INDEX_REMOVE")}
+        self._client = client  # last: whoever sees the client sees its scripts
 
     def pubsub(self) -> Any:
         return self.client.pubsub(ignore_subscribe_messages=True)
@@ -338,7 +364,7 @@ class RedisStore:
         """Redis's maxmemory-policy, or None if CONFIG is not allowed (managed Redis)."""
         try:
             reply = self.client.config_get("maxmemory-policy")
-        except redis.RedisError:
+        except (redis.RedisError, redis.RedisClusterException):
             return None
         for value in (reply.values() if isinstance(reply, dict) else []):
             return value.decode() if isinstance(value, bytes) else str(value)
