@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Service, openai_env, sim_prompt
+from conftest import Service, free_port, openai_env, sim_prompt
 from nginxfix import NGINX
 from redisfix import RedisCluster, RedisServer
 from sseclient import Event, attach, collect, request, start, text_of, until_first_token
@@ -307,3 +307,16 @@ def test_a_threaded_instance_shares_streams_with_gevent_ones(
         assert collect(origin)[-2].json["finish_reason"] == "cancelled"
     finally:
         threaded.stop()
+
+
+def test_redis_unreachable_at_start(upstream: Any, sim: Any) -> None:
+    service = Service(redis_env(upstream, f"redis://127.0.0.1:{free_port()}/0", "none:"))
+    try:
+        status, _, raw = request(service.url, "GET", "/readyz")
+        assert status == 503 and b'"store":false' in raw
+        status, headers, raw = request(service.url, "POST", "/api/chat/stream", body(tokens=2))
+        assert status == 503 and b"store_unavailable" in raw
+        assert headers.get("retry-after") == "1"
+        assert sim.requests == []  # refused before the upstream is asked
+    finally:
+        service.stop()
