@@ -70,6 +70,18 @@ def client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5)
 
 
+def wait_subscribed(url: str, channel: str, n: int = 1, timeout: float = 10) -> None:
+    """Until `n` connections listen on `channel` (the follow loops subscribe on their turn)."""
+    r = client(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while r.pubsub_numsub(channel)[0][1] < n:
+            assert time.monotonic() < deadline, f"{n} subscribers to {channel} never came"
+            time.sleep(0.02)  # no event tells another process subscribed: ask Redis
+    finally:
+        r.close()
+
+
 def read_until(store: RedisStore, stream_id: str, cursor: int, done: Callable[[list[bytes]], bool],
                timeout: float = 10) -> list[bytes]:
     """Read from `cursor` until `done(events)`, within `timeout` seconds."""
@@ -122,7 +134,8 @@ def test_every_key_has_a_ttl_and_the_layout_is_versioned(
 
 
 def test_another_worker_resumes_follows_and_is_woken_by_pubsub(
-        workers: Callable[..., RedisStore], monkeypatch: pytest.MonkeyPatch) -> None:
+        workers: Callable[..., RedisStore], redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # No polling for lost notifications: only pub/sub can wake B's reader.
     monkeypatch.setattr(redis_follow, "POLL", 60.0)
     a, b = workers(), workers()
@@ -139,7 +152,7 @@ def test_another_worker_resumes_follows_and_is_woken_by_pubsub(
     t = threading.Thread(target=reader)
     t.start()
     assert waiting.wait(5)
-    time.sleep(0.3)  # let the reader block (nothing observable to wait on)
+    wait_subscribed(redis_server.url, b.keys.notify("s"))
     started = time.monotonic()
     a.append("s", 2, [b"e2"])
     t.join(10)
@@ -156,12 +169,12 @@ def test_another_worker_resumes_follows_and_is_woken_by_pubsub(
 
 
 def test_cancel_and_presence_reach_the_producers_worker(
-        workers: Callable[..., RedisStore]) -> None:
+        workers: Callable[..., RedisStore], redis_server: RedisServer) -> None:
     a, b = workers(), workers()
     a.create(meta(a), [b"e0"])
     producer = Producer()
     a.register("s", producer)
-    time.sleep(0.3)  # A's follow loop subscribes to its control channel at start
+    wait_subscribed(redis_server.url, a.keys.control(a.worker_id))
     started = time.monotonic()
     b.cancel("s")
     assert producer.cancelled.wait(5)
@@ -209,7 +222,7 @@ def test_a_lost_producer_is_ended_once_for_every_follower(
     threads = [threading.Thread(target=follow, args=(n, s)) for n, s in (("b", b), ("c", c))]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # both follow the running stream
+    wait_subscribed(redis_server.url, b.keys.notify("s"), 2)  # both follow it
     started = time.monotonic()
     if how == "closed":
         a.close()
@@ -241,7 +254,7 @@ def test_redis_lost_then_back(workers: Callable[..., RedisStore],
     t = threading.Thread(target=lambda: got.append(
         read_until(b, "s", 0, lambda e: False, timeout=20)))
     t.start()
-    time.sleep(0.5)
+    wait_subscribed(redis_crashable.url, b.keys.notify("s"))
     redis_crashable.stop()
     started = time.monotonic()
     with pytest.raises(StoreUnavailableError):
@@ -273,7 +286,6 @@ def test_cluster_create_on_one_worker_read_and_cancel_from_another(
         a.register(sid, producers[sid])
         assert b.read(sid, 0, 0) == ([b"e0"], False)
         assert b.acquire(("followers", sid), 2)
-    time.sleep(0.3)  # B's follow loop subscribes
     a.append("s2", 1, [b"e1"])
     assert read_until(b, "s2", 1, lambda e: bool(e), timeout=5) == [b"e1"]
     b.cancel("s3")
@@ -317,7 +329,7 @@ def test_the_follow_loop_comes_back_after_its_connection_is_killed(
     producer = Producer()
     a.register("s", producer)
     assert b.read("s", 0, 0) == ([b"e0"], False)
-    time.sleep(0.3)  # B subscribes
+    wait_subscribed(redis_server.url, b.keys.notify("s"))
     # Every pub/sub connection on the server, A's and B's (other tests' too: they recover).
     assert int(redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub").strip() or 0) >= 2
     # A notification published while B reconnects is caught up when it subscribes again.
@@ -326,7 +338,7 @@ def test_the_follow_loop_comes_back_after_its_connection_is_killed(
     got: list[list[bytes]] = []
     t = threading.Thread(target=lambda: got.append(read_until(b, "s", 2, bool, timeout=5)))
     t.start()
-    time.sleep(0.3)
+    wait_subscribed(redis_server.url, b.keys.notify("s"))  # again, after the kill
     a.append("s", 2, [b"e2"])
     t.join(10)
     assert got == [[b"e2"]]
@@ -418,7 +430,8 @@ def test_connections_are_bounded_whatever_the_followers(
     threads = [threading.Thread(target=follow, args=(i,)) for i in range(40) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # 80 readers wait on 40 remote streams
+    for i in range(40):  # 80 readers wait on 40 remote streams
+        wait_subscribed(redis_server.url, b.keys.notify(f"s{i}"))
     held = redis_server.cli("CLIENT", "LIST").count(f"name=llmstream-{b.worker_id}")
     for i in range(40):
         a.append(f"s{i}", 1, [b"e1"])
