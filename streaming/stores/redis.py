@@ -32,8 +32,9 @@ from . import redis_scripts as lua
 from .base import Counter, IndexKey, Producer, StreamClosedError, StreamMeta, UnknownStreamError
 from .redis_batch import Batcher
 from .redis_counters import Counters
-from .redis_follow import FollowLoop, Mirror
+from .redis_follow import FollowLoop
 from .redis_lease import LeaseLoop
+from .redis_mirror import Mirror
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from ..errors import StoreUnavailableError
 from ..events import STORE_UNAVAILABLE
 from ..green import spawn
 from .base import StreamClosedError, UnknownStreamError
-from .redis_follow import terminal
+from .redis_mirror import terminal
 
 if TYPE_CHECKING:
     from .redis import RedisStore
