@@ -90,6 +90,17 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         manager.watch_server(lambda: worker.alive, worker.cfg.graceful_timeout)
 
 
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    # The worker is leaving (its streams have ended): give up its store lease now, so that
+    # other workers never wait for it to lapse.
+    manager = getattr(worker.wsgi, "extensions", {}).get("llm_stream")
+    if manager is not None:
+        try:
+            manager.store.close()
+        except Exception:  # exiting anyway: the lease lapses by itself
+            server.log.warning("closing the stream store failed", exc_info=True)
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
