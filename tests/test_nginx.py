@@ -6,11 +6,12 @@ import http.client
 import itertools
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from conftest import openai_env, sim_prompt
 from nginxfix import needs_nginx
-from sseclient import Comment, Event, collect, start, text_of, until_first_token
+from sseclient import Comment, Event, collect, open_stream, start, text_of, until_first_token
 
 pytestmark = needs_nginx
 
@@ -111,3 +112,51 @@ def _post(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+def test_every_format_streams_through_nginx_with_heartbeats(
+        service_factory: Any, nginx_factory: Any, sim: Any) -> None:
+    """/v1 (streamed and whole) and /api/chat get the native path's streaming rules: events as
+    they come, heartbeats past a short read timeout, the contract's headers."""
+    import openai
+
+    service = service_factory(openai_env(sim, HEARTBEAT_INTERVAL=1, FIRST_TOKEN_TIMEOUT=30))
+    proxy = nginx_factory(service.port, read_timeout="3s")
+    slow = sim_prompt(first_delay=5, tokens=["after ", "5s"])
+    # OpenAI's SDK, streamed: silent for longer than nginx's read timeout before the first token.
+    with openai.OpenAI(base_url=proxy.url + "/v1", api_key="any", max_retries=0) as client:
+        chunks = list(client.chat.completions.create(model="sim-model", messages=slow,
+                                                     stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            "after 5s"
+        whole = client.chat.completions.create(model="sim-model",
+                                               messages=sim_prompt(tokens=["all ", "at once"]))
+        assert whole.choices[0].message.content == "all at once"
+    raw = open_stream(proxy.url + "/v1/chat/completions", "POST",
+                      {"model": "sim-model", "messages": slow, "stream": True})
+    items = list(_until_done(raw))
+    assert sum(1 for i in items if isinstance(i, Comment) and i.text == "ping") >= 3
+    # The AI SDK's UI message stream.
+    body = {"id": "chat-nginx", "trigger": "submit-message", "messages": [
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": slow[0]["content"]}]}]}
+    ui = open_stream(proxy.url + "/api/chat", "POST", body)
+    assert ui.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert ui.headers["Content-Type"].startswith("text/event-stream")
+    items = list(_until_done(ui))
+    assert sum(1 for i in items if isinstance(i, Comment) and i.text == "ping") >= 3
+    parts = [i.json for i in items if isinstance(i, Event) and i.data != "[DONE]"]
+    assert "".join(p["delta"] for p in parts if p["type"] == "text-delta") == "after 5s"
+    assert parts[-1]["type"] == "finish"
+    ended = open_stream(proxy.url + "/api/chat/chat-nginx/stream")
+    assert ended.status == 204
+    ended.close()
+
+
+def _until_done(stream: Any) -> Iterator[Any]:
+    try:
+        for item in stream:
+            yield item
+            if isinstance(item, Event) and item.data == "[DONE]":
+                return
+    finally:
+        stream.close()
