@@ -347,4 +347,5 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return retry_after
     # Full jitter around an exponential step: retries from many streams do not align.
-    return random.uniform(0.5, 1.0) * min(4.0, 0.25 * 2 ** (attempt - 1))
+    step: float = min(4.0, 0.25 * 2.0 ** (attempt - 1))
+    return random.uniform(0.5, 1.0) * step
