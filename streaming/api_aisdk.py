@@ -19,26 +19,16 @@ from .formats import aisdk
 from .manager import StreamManager
 from .stores import StreamMeta, UnknownStreamError
 from .stores.base import IndexKey
-from .views import api_error, http_error, store_unavailable_error
+from .views import api_error, http_error, store_unavailable, unexpected
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("llm_stream_aisdk", __name__)
+# Refusals in the native error body (PROTOCOL.md): the native edge's handlers.
 bp.register_error_handler(ApiError, api_error)
 bp.register_error_handler(HTTPException, http_error)
-
-
-@bp.errorhandler(StoreUnavailableError)
-def _store_unavailable(exc: StoreUnavailableError) -> Response:
-    return api_error(store_unavailable_error())
-
-
-@bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.path)
-    response = jsonify(error={"type": "internal", "message": "the service failed"})
-    response.status_code = 500
-    return response
+bp.register_error_handler(StoreUnavailableError, store_unavailable)
+bp.register_error_handler(Exception, unexpected)
 
 
 # Stream paths answer no automatic OPTIONS (405 unless CORS answers the preflight).

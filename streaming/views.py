@@ -54,7 +54,7 @@ def store_unavailable_error() -> ApiError:
 
 
 @bp.errorhandler(StoreUnavailableError)
-def _store_unavailable(exc: StoreUnavailableError) -> Response:
+def store_unavailable(exc: StoreUnavailableError) -> Response:
     return api_error(store_unavailable_error())
 
 
@@ -70,7 +70,7 @@ def http_error(exc: HTTPException) -> Response:
 
 
 @bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
+def unexpected(exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.path)
     response = jsonify(error={"type": "internal", "message": "the service failed"})
     response.status_code = 500

@@ -176,6 +176,11 @@ def relay_service(upstream: Any) -> Iterator[Service]:
     service.stop()
 
 
+def sim_body(**script: Any) -> dict[str, Any]:
+    """A native request body whose last user turn scripts the simulator."""
+    return {"messages": sim_prompt(**script)}
+
+
 def sim_prompt(**script: Any) -> list[dict[str, Any]]:
     """Messages whose last user turn scripts the simulator."""
     import json

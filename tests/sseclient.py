@@ -177,3 +177,16 @@ def request(base: str, method: str, path: str, body: Any = None,
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def check_well_formed(events: list[Event], first_seq: int = 0) -> None:
+    """Every event has the next seq; one terminal event; then [DONE] without an id."""
+    assert events[-1].data == "[DONE]" and events[-1].id is None
+    seqs = [int(e.id) for e in events[:-1]]  # type: ignore[arg-type]
+    assert seqs == list(range(first_seq, first_seq + len(seqs)))
+    kinds = [e.json["type"] for e in events[:-1]]
+    assert kinds[-1] in ("done", "error")
+    assert all(k not in ("done", "error") for k in kinds[:-1])
+    indexes = [e.json["index"] for e in events[:-1] if e.json["type"] == "token"]
+    if indexes:  # token indexes count on from wherever the reader joined, with no gap
+        assert indexes == list(range(indexes[0], indexes[0] + len(indexes)))

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Service, openai_env, sim_prompt
+from conftest import Service, openai_env
+from conftest import sim_body as body
 from sseclient import attach, collect, request, start, text_of
 
 
@@ -30,10 +31,6 @@ def service(upstream: Any) -> Iterator[Service]:
 
 AUTH_A = {"Authorization": "Bearer key-a"}
 AUTH_B = {"Authorization": "Bearer key-b"}
-
-
-def body(**script: Any) -> dict[str, Any]:
-    return {"messages": sim_prompt(**script)}
 
 
 def worker_pid(svc: Service) -> int:

@@ -15,27 +15,24 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Service, free_port, openai_env, sim_prompt
+from conftest import Service, free_port, openai_env
+from conftest import sim_body as body
 from nginxfix import NGINX
 from redisfix import RedisCluster, RedisServer
-from sseclient import Event, attach, collect, request, start, text_of, until_first_token
+from sseclient import (
+    Event,
+    attach,
+    check_well_formed,
+    collect,
+    request,
+    start,
+    text_of,
+    until_first_token,
+)
 
 # IDLE_TIMEOUT well above the waits below: a stalled upstream must end by grace, not idling.
 QUICK = {"HEARTBEAT_INTERVAL": 1, "FIRST_TOKEN_TIMEOUT": 5, "IDLE_TIMEOUT": 20,
          "STREAM_TIMEOUT": 60, "RESUME_GRACE": 2, "STREAM_TTL": 30}
-
-
-def body(**script: Any) -> dict[str, Any]:
-    return {"messages": sim_prompt(**script)}
-
-
-def check_well_formed(events: list[Event], first_seq: int = 0) -> None:
-    assert events[-1].data == "[DONE]" and events[-1].id is None
-    seqs = [int(e.id) for e in events[:-1]]  # type: ignore[arg-type]
-    assert seqs == list(range(first_seq, first_seq + len(seqs)))
-    kinds = [e.json["type"] for e in events[:-1]]
-    assert kinds[-1] in ("done", "error")
-    assert all(k not in ("done", "error") for k in kinds[:-1])
 
 
 def redis_env(upstream: Any, url: str, prefix: str, **extra: Any) -> dict[str, Any]:

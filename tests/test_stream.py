@@ -10,25 +10,20 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Service, openai_env, sim_prompt
-from sseclient import Comment, Event, attach, collect, request, start, text_of, until_first_token
+from conftest import Service, openai_env
+from conftest import sim_body as body
+from sseclient import (
+    Comment,
+    Event,
+    attach,
+    check_well_formed,
+    collect,
+    request,
+    start,
+    text_of,
+    until_first_token,
+)
 from upstream_sim import DEFAULT_TEXT
-
-
-def body(**script: Any) -> dict[str, Any]:
-    return {"messages": sim_prompt(**script)}
-
-
-def check_well_formed(events: list[Event], first_seq: int = 0) -> None:
-    """Every event has the next seq; one terminal event; then [DONE] without an id."""
-    assert events[-1].data == "[DONE]" and events[-1].id is None
-    seqs = [int(e.id) for e in events[:-1]]  # type: ignore[arg-type]
-    assert seqs == list(range(first_seq, first_seq + len(seqs)))
-    kinds = [e.json["type"] for e in events[:-1]]
-    assert kinds[-1] in ("done", "error")
-    assert all(k not in ("done", "error") for k in kinds[:-1])
-    indexes = [e.json["index"] for e in events[:-1] if e.json["type"] == "token"]
-    assert indexes == list(range(indexes[0], indexes[0] + len(indexes))) if indexes else True
 
 
 def test_a_stream_end_to_end(relay_service: Service, sim: Any) -> None:
