@@ -80,18 +80,51 @@ def rate(server: Server, sim: Server, streams: int, per_second: float,
                    cpu_per_delta_us=cpu / window["deltas"] * 1e6,
                    sim_cpu_per_delta_us=sim.cpu_between(window["start"], window["end"])
                    / window["deltas"] * 1e6)
+    out.update(redis_figures(server, result))
+    return out
+
+
+SCRIPTS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")
+
+
+def redis_figures(server: Server, result: dict[str, Any]) -> dict[str, Any]:
+    """For a server on Redis: Redis's own CPU and the commands it ran per relayed delta over the
+    load generator's steady window (commands run inside scripts count, as INFO counts them;
+    `redis_scripts_per_delta` are the scripts called), and the service's Redis connections per
+    worker at the run's peak. Empty for a server without Redis."""
+    redis = server.redis
+    if redis is None:
+        return {}
+    run_end = result["t0"] + result["wall_s"]
+    out: dict[str, Any] = {"redis_connections": redis.connections(result["t0"], run_end),
+                           "redis_cpu_per_delta_us": None, "redis_commands_per_delta": None}
+    window = result.get("window")
+    if window and window["deltas"]:
+        n = window["deltas"]
+        calls = redis.commands_between(window["start"], window["end"])
+        out.update(
+            redis_cpu_per_delta_us=redis.cpu_between(window["start"], window["end"]) / n * 1e6,
+            redis_commands_per_delta=sum(calls.values()) / n,
+            redis_scripts_per_delta=sum(calls.get(k, 0) for k in SCRIPTS) / n,
+            redis_commands_by_name_per_delta={k: v / n for k, v in sorted(
+                calls.items(), key=lambda kv: -kv[1])})
     return out
 
 
 def fixed(server: Server, streams: int, concurrency: int) -> dict[str, Any]:
     """Many one-delta streams, `concurrency` at a time: the fixed CPU cost of a stream."""
+    redis = server.redis
     cpu0, t0 = server.cpu(), time.monotonic()
+    redis_cpu0 = redis.cpu() if redis is not None else 0.0
     result = load(server, streams=streams, concurrency=concurrency, tokens=1, delay=0,
                   timeout=300)
     time.sleep(0.2)  # the last responses' clean-up after the client saw [DONE]
     cpu = server.cpu() - cpu0
-    return {**verdicts(result), "cpu_per_stream_ms": cpu / streams * 1000,
-            "streams_per_s": streams / (time.monotonic() - t0)}
+    out = {**verdicts(result), "cpu_per_stream_ms": cpu / streams * 1000,
+           "streams_per_s": streams / (time.monotonic() - t0)}
+    if redis is not None:
+        out["redis_cpu_per_stream_ms"] = (redis.cpu() - redis_cpu0) / streams * 1000
+    return out
 
 
 GATE_TIMEOUT = 180.0  # from the first start: how long slow streams are held open at most
@@ -157,6 +190,34 @@ def burst(server: Server, streams: int) -> dict[str, Any]:
     result = load(server, streams=streams, tokens=3, delay=0.2, ramp=0, timeout=120)
     return {**verdicts(result), "ttft_p50_ms": ms(result["ttft_p50_s"]),
             "ttft_p99_ms": ms(result["ttft_p99_s"]), "ttft_max_ms": ms(result["ttft_max_s"])}
+
+
+def redis_load(server: Server, sim: Server, streams: int, per_second: float, hold: float,
+               open_rate: float) -> dict[str, Any]:
+    """`streams` streams at `per_second` deltas/s each, all open at once: opened at up to
+    `open_rate` per second, each lasting at least `hold` s and going on (the simulator's gate)
+    until every one is open. Every stream must be exact and all open at the same time (`passed`).
+    Server CPU per delta over the steady window and, on Redis, Redis's figures
+    (`redis_figures`)."""
+    spec = slow(streams, open_rate, hold, 1 / per_second)
+    result = load(server, functools.partial(release, sim, spec["gate"]), **spec)
+    out: dict[str, Any] = {
+        **verdicts(result), "peak_open": result["peak_open"],
+        "passed": result["ok"] == streams and result["peak_open"] == streams,
+        "deltas_per_stream_per_s": per_second, "wall_s": result["wall_s"],
+        "ttft_p50_ms": ms(result["ttft_p50_s"]), "ttft_p99_ms": ms(result["ttft_p99_s"]),
+        "cpu_per_delta_us": None}
+    window = result.get("window")
+    if window and window["deltas"]:
+        seconds = window["end"] - window["start"]
+        cpu = server.cpu_between(window["start"], window["end"])
+        out.update(window_s=seconds, window_deltas=window["deltas"],
+                   deltas_per_s=window["deltas"] / seconds, cpu_cores=cpu / seconds,
+                   cpu_per_delta_us=cpu / window["deltas"] * 1e6,
+                   sim_cpu_per_delta_us=sim.cpu_between(window["start"], window["end"])
+                   / window["deltas"] * 1e6)
+    out.update(redis_figures(server, result))
+    return out
 
 
 def capacity(server: Server, sim: Server, levels: list[int], open_rate: float, hold: float,

@@ -1,8 +1,9 @@
 """This service against the usual asyncio design, side by side, on loopback: `make bench`.
 
 Starts the OpenAI-wire simulator (bench/wire_sim.py), this service under gunicorn's gevent
-worker (default settings, and BUFFER_MAX_TOKENS=1 since the baseline writes one event per
-delta) and the baseline (bench/baseline/app.py: FastAPI + uvicorn + AsyncOpenAI), drives each
+worker (default settings, BUFFER_MAX_TOKENS=1 since the baseline writes one event per
+delta, and with its streams in Redis: a redis-server of its own) and the baseline
+(bench/baseline/app.py: FastAPI + uvicorn + AsyncOpenAI), drives each
 with the same load from a separate process (bench/loadgen.py, which checks every stream is
 exact), and takes server CPU and memory from the kernel's accounting of the server processes.
 Writes bench/results/latest.json and latest.png and prints a table.
@@ -14,8 +15,10 @@ Writes bench/results/latest.json and latest.png and prints a table.
 Parts (`--only`): cpu (CPU per relayed delta at each `--rates`; also gives ttft), ttft (added
 time to first token and per-delta delay against asking the simulator directly), fixed (CPU per
 one-delta stream), memory (per open stream), burst (first token of a burst of starts, one and
-two workers), capacity (most concurrent slow streams completed, two workers), parse (per-chunk
-parse cost, in-process).
+two workers), capacity (most concurrent slow streams completed, two workers), redisload (many
+concurrent streams over two workers with Redis, and the same with the memory store: all exact,
+Redis connections per worker, Redis commands and CPU per delta), parse (per-chunk parse cost,
+in-process).
 """
 
 from __future__ import annotations
@@ -41,19 +44,32 @@ import report  # noqa: E402
 from servers import ROOT, Server, start_baseline, start_ours, start_simulator  # noqa: E402
 from wire_sim import raise_open_files_limit  # noqa: E402
 
-PARTS = ("cpu", "ttft", "fixed", "memory", "burst", "capacity", "parse")
+PARTS = ("cpu", "ttft", "fixed", "memory", "burst", "capacity", "redisload", "parse")
 # name -> how to start it on the simulator's port
 ONE_WORKER: dict[str, Callable[[int], Server]] = {
     "ours": lambda sim: start_ours(sim),
     "ours_b1": lambda sim: start_ours(sim, buffer_max_tokens=1),
+    "ours_redis": lambda sim: start_ours(sim, redis=True),
     "baseline": lambda sim: start_baseline(sim),
 }
 TWO_WORKERS: dict[str, Callable[[int], Server]] = {
     "ours_w2": lambda sim: start_ours(sim, workers=2),
+    "ours_redis_w2": lambda sim: start_ours(sim, workers=2, redis=True),
     "baseline_w2": lambda sim: start_baseline(sim, workers=2),
 }
+# The parts each server takes part in (when asked for).
+SERVES: dict[str, set[str]] = {
+    "ours": {"cpu", "ttft", "fixed", "memory", "burst"},
+    "ours_b1": {"cpu", "ttft", "fixed"},
+    "ours_redis": {"cpu", "ttft", "fixed"},
+    "baseline": {"cpu", "ttft", "fixed", "memory", "burst"},
+    "ours_w2": {"burst", "capacity", "redisload"},
+    "ours_redis_w2": {"redisload"},
+    "baseline_w2": {"burst", "capacity"},
+}
 QUICK = {"rate_streams": 50, "duration": 4.0, "fixed_streams": 200, "memory_streams": 300,
-         "burst_streams": 300, "capacity": "300,1000", "hold": 3.0}
+         "burst_streams": 300, "capacity": "300,1000", "hold": 3.0, "redisload_streams": 500,
+         "redisload_hold": 6.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="memory, capacity: seconds between a slow stream's deltas")
     ap.add_argument("--open-rate", type=float, default=500.0,
                     help="new streams per second when opening many slow ones")
+    ap.add_argument("--redisload-streams", type=int, default=2000,
+                    help="redisload: concurrent streams over two workers")
+    ap.add_argument("--redisload-rate", type=float, default=5.0,
+                    help="redisload: deltas per second per stream")
+    ap.add_argument("--redisload-hold", type=float, default=12.0,
+                    help="redisload: seconds a stream lasts at least (all are held open until "
+                         "the last one has started)")
     ap.add_argument("--servers", default=",".join([*ONE_WORKER, *TWO_WORKERS]),
                     help="which servers to measure (the simulator is always measured)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")
@@ -139,15 +162,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say(f"direct to the simulator: burst of {args.burst_streams}")
             results.setdefault("burst", {})["direct"] = parts.burst(sim, args.burst_streams)
         for name, start in ONE_WORKER.items():
-            serves = {"cpu", "ttft", "fixed"} | (set() if name == "ours_b1" else
-                                                  {"memory", "burst"})
+            serves = SERVES[name]
             if name not in args.server_names or not want & serves:
                 continue
             say(f"{name}: starting")
             server = start(sim.port)
             try:
                 parts.warm_up(server)
-                if "memory" in want and name != "ours_b1":
+                if "memory" in want & serves:
                     say(f"{name}: memory, {args.memory_streams} open streams")
                     results.setdefault("memory", {})[name] = parts.memory(
                         server, sim, args.memory_streams, args.open_rate, args.hold,
@@ -160,27 +182,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     say(f"{name}: {args.fixed_streams} one-delta streams")
                     results.setdefault("fixed", {})[name] = parts.fixed(
                         server, args.fixed_streams, args.fixed_concurrency)
-                if "burst" in want and name != "ours_b1":
+                if "burst" in want & serves:
                     say(f"{name}: burst of {args.burst_streams}")
                     results.setdefault("burst", {})[f"{name}_w1"] = parts.burst(
                         server, args.burst_streams)
             finally:
                 server.stop()
         for name, start in TWO_WORKERS.items():
-            if name not in args.server_names or not want & {"burst", "capacity"}:
+            serves = SERVES[name]
+            if name not in args.server_names or not want & serves:
                 continue
             say(f"{name}: starting")
             server = start(sim.port)
             try:
                 parts.warm_up(server)
-                if "burst" in want:
+                if "burst" in want & serves:
                     say(f"{name}: burst of {args.burst_streams}")
                     results.setdefault("burst", {})[name] = parts.burst(server,
                                                                         args.burst_streams)
-                if "capacity" in want:
+                if "capacity" in want & serves:
                     say(f"{name}: capacity, trying {levels}")
                     results.setdefault("capacity", {})[name] = parts.capacity(
                         server, sim, levels, args.open_rate, args.hold, args.slow_delay)
+                if "redisload" in want & serves:
+                    say(f"{name}: {args.redisload_streams} concurrent streams x "
+                        f"{args.redisload_rate:g} deltas/s")
+                    results.setdefault("redisload", {})[name] = parts.redis_load(
+                        server, sim, args.redisload_streams, args.redisload_rate,
+                        args.redisload_hold, args.open_rate)
             finally:
                 server.stop()
     finally:

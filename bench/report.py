@@ -7,9 +7,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-COLUMNS = (("ours", "ours"), ("ours_b1", "ours b=1"), ("baseline", "baseline"))
-LABELS = {"ours": "ours", "ours_b1": "ours BUFFER_MAX_TOKENS=1", "baseline": "FastAPI baseline"}
-COLORS = {"ours": "#2a7ab9", "ours_b1": "#7fb3dc", "baseline": "#d9822b"}
+COLUMNS = (("ours", "ours"), ("ours_b1", "ours b=1"), ("ours_redis", "ours Redis"),
+           ("baseline", "baseline"))
+LABELS = {"ours": "ours", "ours_b1": "ours BUFFER_MAX_TOKENS=1", "ours_redis": "ours, Redis store",
+          "baseline": "FastAPI baseline"}
+COLORS = {"ours": "#2a7ab9", "ours_b1": "#7fb3dc", "ours_redis": "#3f9a55",
+          "baseline": "#d9822b"}
+# Redis's figures, shown in the ours Redis column; two workers: the `redisload` part.
+REDIS_ROWS = (("redis_cpu_per_delta_us", "Redis's own CPU per delta (µs)", 1),
+              ("redis_commands_per_delta", "Redis commands per delta (in scripts too)", 2),
+              ("redis_scripts_per_delta", "Redis scripts called per delta", 3))
 
 
 def _get(doc: dict[str, Any], *path: str) -> Any:
@@ -80,7 +87,64 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
         out.append(("most concurrent slow streams completed, 2 workers",
                     [_num(_get(res, "capacity", f"{k}_w2", "max_completed")) if k != "ours_b1"
                      else "—" for k, _ in COLUMNS]))
+    for rate in (res.get("cpu") or {}):
+        fig = _get(res, "cpu", rate, "ours_redis")
+        if fig is None:
+            continue
+        for key, label, digits in REDIS_ROWS:
+            out.append((f"  {label}, x {rate}/s", _only("ours_redis", _num(fig.get(key), digits))))
+        out.append((f"  Redis connections per worker at the peak, x {rate}/s",
+                    _only("ours_redis", _connections(fig.get("redis_connections")))))
+    load = res.get("redisload")
+    if load:
+        n, r = args["redisload_streams"], args["redisload_rate"]
+        head = f"{n} concurrent streams x {r:g}/s, 2 workers"
+        out.append((f"{head}: exact / all open at once",
+                    [_exact(_get(load, f"{k}_w2")) for k, _ in COLUMNS]))
+        out.append(("  server CPU per delta (µs)",
+                    [_num(_get(load, f"{k}_w2", "cpu_per_delta_us")) for k, _ in COLUMNS]))
+        out.append(("  TTFT p50 / p99 (ms)",
+                    [_pair(_get(load, f"{k}_w2", "ttft_p50_ms"),
+                           _get(load, f"{k}_w2", "ttft_p99_ms")) for k, _ in COLUMNS]))
+        for key, label, digits in REDIS_ROWS:
+            out.append((f"  {label}",
+                        [_num(_get(load, f"{k}_w2", key), digits) for k, _ in COLUMNS]))
+        out.append(("  Redis connections per worker at the peak",
+                    [_connections(_get(load, f"{k}_w2", "redis_connections"))
+                     for k, _ in COLUMNS]))
     return out
+
+
+def _only(key: str, cell: str) -> list[str]:
+    return [cell if k == key else "" for k, _ in COLUMNS]
+
+
+def _connections(conn: dict[str, Any] | None) -> str:
+    """Connections per worker at the peak, e.g. `3 + 3`."""
+    if not conn or not conn.get("per_worker"):
+        return "—"
+    return " + ".join(str(c) for c in conn["per_worker"])
+
+
+def _exact(fig: dict[str, Any] | None) -> str:
+    if fig is None:
+        return "—"
+    return f"{fig['ok']:,}/{fig['streams']:,} {'yes' if fig.get('passed') else 'NO'}"
+
+
+def redis_vs_memory(doc: dict[str, Any]) -> list[str]:
+    """Issue 6's figures in a sentence per rate: server CPU per delta with Redis over the memory
+    store's (at most 1.5), and Redis's own CPU per delta."""
+    lines = []
+    for rate, by in (_get(doc, "results", "cpu") or {}).items():
+        mem, red = _get(by, "ours", "cpu_per_delta_us"), _get(by, "ours_redis", "cpu_per_delta_us")
+        own = _get(by, "ours_redis", "redis_cpu_per_delta_us")
+        if mem and red is not None:
+            lines.append(f"Redis vs memory, {doc['meta']['args']['rate_streams']} streams x "
+                         f"{rate}/s: server CPU per delta {red:.1f} µs vs {mem:.1f} µs "
+                         f"({red / mem:.2f} times; at most 1.5 wanted), Redis's own "
+                         f"{_num(own, 1)} µs per delta")
+    return lines
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -95,8 +159,10 @@ def table(doc: dict[str, Any]) -> str:
     for rate, by in (doc["results"].get("cpu") or {}).items():
         sim = [_get(by, k, "sim_cpu_per_delta_us") for k in (*dict(COLUMNS), "direct")]
         if any(v is not None for v in sim):
-            lines.append(f"simulator CPU per delta at {rate}/s (ours, b=1, baseline, direct): "
+            lines.append(f"simulator CPU per delta at {rate}/s "
+                         f"({', '.join([*dict(COLUMNS).values(), 'direct'])}): "
                          + ", ".join(_num(v) for v in sim) + " µs")
+    lines += redis_vs_memory(doc)
     direct = _get(doc, "results", "burst", "direct")
     if direct:
         lines.append(f"burst straight to the simulator: TTFT p50 / p99 "
@@ -115,6 +181,7 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
     except ImportError:
         return False
     res, n = doc["results"], doc["meta"]["args"]["rate_streams"]
@@ -159,8 +226,8 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
         ax.margins(y=0.15)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[k]) for k, _ in COLUMNS]
-    fig.legend(handles, [LABELS[k] for k, _ in COLUMNS], loc="lower center", ncol=3,
+    handles = [Rectangle((0, 0), 1, 1, color=COLORS[k]) for k, _ in COLUMNS]
+    fig.legend(handles, [LABELS[k] for k, _ in COLUMNS], loc="lower center", ncol=len(COLUMNS),
                fontsize=9, frameon=False)
     meta = doc["meta"]
     fig.suptitle(f"flask-llm-stream vs FastAPI + uvicorn + AsyncOpenAI  ({meta['date']}, "

@@ -1,9 +1,12 @@
-"""The processes a benchmark run starts (simulator, this service, the baseline) and their cost.
+"""The processes a benchmark run starts (simulator, this service, the baseline, redis-server)
+and their cost.
 
 CPU and memory come from the kernel's accounting of the server's whole process tree
 (/proc/<pid>/stat utime + stime, /proc/<pid>/status VmRSS): the gunicorn master and its
 workers, or uvicorn and its workers. A sampler thread records them every 50 ms, so a figure can
-be taken over any window afterwards.
+be taken over any window afterwards. A redis-server started for this service is sampled the
+same way, apart from it, and also for what it was asked (INFO commandstats) and who holds its
+connections (CLIENT LIST, by the name each worker's store gives them: `llmstream-<worker>`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import bisect
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -85,6 +90,7 @@ class Server:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu s, rss bytes)
         self._stop = threading.Event()
+        self.redis: RedisServer | None = None  # the Redis this server's store uses, if any
         try:
             if health is not None:
                 self._wait_healthy(health)
@@ -154,6 +160,113 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _interpolate(samples: list[tuple[float, dict[str, int]]], t: float) -> dict[str, float]:
+    """Counters at monotonic time `t`, linear between the two samples around it."""
+    times = [s[0] for s in samples]
+    i = bisect.bisect_left(times, t)
+    if i == 0 or i >= len(samples):
+        return {k: float(v) for k, v in samples[min(i, len(samples) - 1)][1].items()}
+    (t0, a), (t1, b) = samples[i - 1], samples[i]
+    f = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
+    return {k: a.get(k, 0) + (b.get(k, 0) - a.get(k, 0)) * f for k in a.keys() | b.keys()}
+
+
+class RedisServer(Server):
+    """Debian's redis-server on a free loopback port in a temp dir, without persistence.
+
+    Besides its CPU (the sampler above, on its own process), a second thread records every
+    0.2 s the commands it has run (INFO commandstats: those run inside scripts count too) and
+    its clients by name (CLIENT LIST). The INFO and CLIENT LIST calls are the benchmark's own:
+    left out of the counts."""
+
+    OWN = frozenset({"info", "client|list"})
+    INTERVAL = 0.2
+
+    def __init__(self) -> None:
+        import redis
+
+        port = free_port()
+        server = shutil.which("redis-server") or "/usr/sbin/redis-server"
+        tmp = Path(tempfile.mkdtemp(prefix="llm-bench-redis-"))
+        cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp),
+               "--save", "", "--appendonly", "no", "--logfile", "", "--maxclients", "10000"]
+        super().__init__("redis", cmd, _base_env(), port, health=None)
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.commands: list[tuple[float, dict[str, int]]] = []  # (monotonic, calls by command)
+        self.clients: list[tuple[float, dict[str, int]]] = []  # (monotonic, connections by name)
+        try:
+            self._client = self._connect(redis)
+        except BaseException:
+            self.stop()
+            raise
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _connect(self, redis: Any) -> Any:
+        deadline = time.monotonic() + 15
+        while True:
+            client = redis.Redis(port=self.port, socket_timeout=5, single_connection_client=True)
+            try:
+                client.ping()
+                return client
+            except redis.ConnectionError as exc:
+                client.close()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not come up:\n{self.log()[-3000:]}"
+                                       ) from exc
+                time.sleep(0.05)  # the port is not open yet: nothing to wait on
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stats = self._client.info("commandstats")
+                listed = self._client.client_list()
+            except Exception:  # stopping, or Redis went away: nothing to sample
+                if self._stop.wait(self.INTERVAL):
+                    return
+                continue
+            now = time.monotonic()
+            calls = {key.removeprefix("cmdstat_"): int(value["calls"])
+                     for key, value in stats.items()}
+            self.commands.append((now, {k: v for k, v in calls.items() if k not in self.OWN}))
+            names: dict[str, int] = {}
+            for client in listed:
+                names[client.get("name") or ""] = names.get(client.get("name") or "", 0) + 1
+            self.clients.append((now, names))
+            self._stop.wait(self.INTERVAL)
+
+    def commands_between(self, start: float, end: float) -> dict[str, float]:
+        """Commands run between two monotonic times, by command (interpolated)."""
+        samples = list(self.commands)
+        if not samples:
+            return {}
+        a, b = _interpolate(samples, start), _interpolate(samples, end)
+        return {k: b.get(k, 0) - a.get(k, 0) for k in a.keys() | b.keys()
+                if b.get(k, 0) - a.get(k, 0) > 0}
+
+    def connections(self, start: float, end: float, prefix: str = "llmstream-"
+                    ) -> dict[str, Any]:
+        """This service's connections per worker (by the store's connection name) at the
+        sample between `start` and `end` with the most of them."""
+        best: dict[str, int] = {}
+        most_per_worker = 0
+        for t, names in list(self.clients):
+            if start <= t <= end:
+                ours = {n: c for n, c in names.items() if n.startswith(prefix)}
+                most_per_worker = max([most_per_worker, *ours.values()])
+                if sum(ours.values()) > sum(best.values()):
+                    best = ours
+        return {"workers": len(best), "per_worker": sorted(best.values(), reverse=True),
+                "total": sum(best.values()), "max_per_worker": most_per_worker}
+
+    def stop(self) -> None:
+        super().stop()
+        with contextlib.suppress(Exception):
+            self._client.close()
 
 
 def _base_env() -> dict[str, str]:
@@ -169,8 +282,10 @@ def start_simulator() -> Server:
                   _base_env(), port, health="/v1/models")
 
 
-def start_ours(sim_port: int, workers: int = 1, buffer_max_tokens: int | None = None) -> Server:
-    """This service as deployed: gunicorn's gevent worker, `gunicorn.conf.py`, defaults."""
+def start_ours(sim_port: int, workers: int = 1, buffer_max_tokens: int | None = None,
+               redis: bool = False) -> Server:
+    """This service as deployed: gunicorn's gevent worker, `gunicorn.conf.py`, defaults; with
+    `redis`, its streams in a redis-server of its own (`server.redis`, stopped with it)."""
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="llm-bench-ours-"))
     env = _base_env() | {
@@ -183,8 +298,19 @@ def start_ours(sim_port: int, workers: int = 1, buffer_max_tokens: int | None = 
     if buffer_max_tokens is not None:
         env["BUFFER_MAX_TOKENS"] = str(buffer_max_tokens)
     name = f"ours-w{workers}" + (f"-b{buffer_max_tokens}" if buffer_max_tokens else "")
-    return Server(name, [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                  env, port)
+    store = RedisServer() if redis else None
+    if store is not None:
+        env["REDIS_URL"] = store.url
+        name += "-redis"
+    try:
+        server = Server(name, [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                        env, port)
+    except BaseException:
+        if store is not None:
+            store.stop()
+        raise
+    server.redis = store
+    return server
 
 
 def start_baseline(sim_port: int, workers: int = 1) -> Server:

@@ -1,4 +1,5 @@
-"""The benchmark keeps working: its SSE reader on exact bytes, and a tiny run of every part.
+"""The benchmark keeps working: its SSE reader on exact bytes, and a tiny run of every part
+(every server, ours on Redis included; one rate).
 
 Its figures are not asserted (speed is measured by `make bench`, on a quiet machine): only that
 the run completes, every stream it checked was exact, and the JSON holds every figure.
@@ -87,21 +88,36 @@ def test_load_generator_checks_text_exactly(gate: str | None, text: str, exact: 
     assert run.exact(7, text) is exact
 
 
-SERVERS = ("ours", "ours_b1", "baseline")
+SERVERS = ("ours", "ours_b1", "ours_redis", "baseline")
+RATES = ("50",)  # one rate: the second runs the same code (and would add a run per server)
+REDIS = ("redis_cpu_per_delta_us", "redis_commands_per_delta", "redis_scripts_per_delta")
 
 
 def figures(doc: dict[str, Any]) -> dict[str, Any]:
     """Every figure the benchmark promises, by a readable name."""
     res = doc["results"]
     out: dict[str, Any] = {}
-    for rate in ("50", "20"):
+    for rate in RATES:
         for name in (*SERVERS, "direct"):
             out[f"cpu {rate} {name}"] = res["cpu"][rate][name]["cpu_per_delta_us"]
         for name in SERVERS:
             for key in ("added_ttft_p50_ms", "added_ttft_p99_ms", "added_delay_per_delta_ms"):
                 out[f"ttft {rate} {name} {key}"] = res["ttft"][rate][name][key]
+        redis = res["cpu"][rate]["ours_redis"]
+        for key in REDIS:
+            out[f"cpu {rate} ours_redis {key}"] = redis[key]
+        out[f"cpu {rate} ours_redis connections"] = redis["redis_connections"]["max_per_worker"]
     for name in SERVERS:
         out[f"fixed {name}"] = res["fixed"][name]["cpu_per_stream_ms"]
+    out["fixed ours_redis redis"] = res["fixed"]["ours_redis"]["redis_cpu_per_stream_ms"]
+    for name in ("ours_w2", "ours_redis_w2"):
+        out[f"redisload {name}"] = res["redisload"][name]["cpu_per_delta_us"]
+        out[f"redisload {name} passed"] = int(res["redisload"][name]["passed"])
+    redis = res["redisload"]["ours_redis_w2"]
+    for key in REDIS:
+        out[f"redisload ours_redis_w2 {key}"] = redis[key]
+    out["redisload ours_redis_w2 workers"] = redis["redis_connections"]["workers"]
+    out["redisload ours_redis_w2 connections"] = redis["redis_connections"]["max_per_worker"]
     for name in ("ours", "baseline"):
         out[f"memory {name}"] = res["memory"][name]["per_stream_kib"]
     for name in ("ours_w1", "ours_w2", "baseline_w1", "baseline_w2", "direct"):
@@ -117,10 +133,12 @@ def figures(doc: dict[str, Any]) -> dict[str, Any]:
 def test_small_run_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     png = tmp_path / "bench.png"
-    cmd = [sys.executable, str(ROOT / "bench/relay_bench.py"), "--rate-streams", "10",
-           "--duration", "2.5", "--fixed-streams", "30", "--fixed-concurrency", "10",
-           "--memory-streams", "40", "--burst-streams", "40", "--capacity", "40", "--hold", "1",
-           "--slow-delay", "0.5", "--open-rate", "200", "--json", str(out), "--chart", str(png)]
+    cmd = [sys.executable, str(ROOT / "bench/relay_bench.py"), "--rates", ",".join(RATES),
+           "--rate-streams", "10", "--duration", "2.5", "--fixed-streams", "30",
+           "--fixed-concurrency", "10", "--memory-streams", "40", "--burst-streams", "40",
+           "--capacity", "40", "--hold", "1", "--slow-delay", "0.5", "--open-rate", "200",
+           "--redisload-streams", "40", "--redisload-rate", "10", "--redisload-hold", "2",
+           "--json", str(out), "--chart", str(png)]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=580)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -128,7 +146,9 @@ def test_small_run_writes_every_figure(tmp_path: Path) -> None:
     assert not missing, missing
     assert doc["errors"]["streams"] > 0
     assert doc["errors"]["not_exact"] == 0, json.dumps(doc["results"], indent=1)
+    assert doc["results"]["redisload"]["ours_redis_w2"]["redis_connections"]["workers"] == 2
     assert "server CPU per delta" in run.stdout
+    assert "Redis vs memory" in run.stdout
     try:
         import matplotlib  # noqa: F401
     except ImportError:
