@@ -184,9 +184,14 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
         from matplotlib.patches import Rectangle
     except ImportError:
         return False
-    res, n = doc["results"], doc["meta"]["args"]["rate_streams"]
+    res, args = doc["results"], doc["meta"]["args"]
+    n = args["rate_streams"]
     panels: list[tuple[str, dict[str, float | None]]] = []
+    # Redis's own CPU per delta, stacked (hatched) on the bar of the server that used it.
+    on_top: dict[int, dict[str, float]] = {}
     for rate, by in (res.get("cpu") or {}).items():
+        on_top[len(panels)] = {k: v for k, _ in COLUMNS
+                               if (v := _get(by, k, "redis_cpu_per_delta_us")) is not None}
         panels.append((f"server CPU per delta, µs\n({n} streams x {rate} deltas/s)",
                        {k: _get(by, k, "cpu_per_delta_us") for k, _ in COLUMNS}))
     if "fixed" in res:
@@ -210,17 +215,31 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
         panels.append(("concurrent slow streams\ncompleted (2 workers)",
                        {k: _get(res, "capacity", f"{k}_w2", "max_completed")
                         for k, _ in COLUMNS}))
+    if "redisload" in res:
+        load = res["redisload"]
+        on_top[len(panels)] = {k: v for k, _ in COLUMNS
+                               if (v := _get(load, f"{k}_w2", "redis_cpu_per_delta_us"))
+                               is not None}
+        panels.append((f"server CPU per delta, µs, 2 workers\n({args['redisload_streams']} "
+                       f"streams x {args['redisload_rate']:g} deltas/s)",
+                       {k: _get(load, f"{k}_w2", "cpu_per_delta_us") for k, _ in COLUMNS}))
     if not panels:
         return False
     cols = min(4, len(panels))
     rows_ = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows_, cols, figsize=(3.4 * cols, 3.2 * rows_), squeeze=False)
-    for ax, (title, values) in zip(axes.flat, panels, strict=False):
+    for i, (ax, (title, values)) in enumerate(zip(axes.flat, panels, strict=False)):
         names = [k for k, v in values.items() if v is not None]
         bars = ax.bar(range(len(names)), [values[k] for k in names],
                       color=[COLORS[k] for k in names])
         ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}",
-                     fontsize=8)
+                     fontsize=8, label_type="edge" if not on_top.get(i) else "center")
+        for j, k in enumerate(names):
+            extra = on_top.get(i, {}).get(k)
+            if extra:
+                top = ax.bar([j], [extra], bottom=[values[k]], color="white",
+                             edgecolor=COLORS[k], hatch="///")
+                ax.bar_label(top, labels=[f"+{extra:.3g} Redis"], fontsize=8)
         ax.set_xticks([])
         ax.set_title(title, fontsize=9)
         ax.margins(y=0.15)

@@ -82,7 +82,7 @@ class Clients:
                 api_key="bench", base_url=base, max_retries=0, timeout=timeout,
                 http_client=openai.DefaultHttpxClient(
                     timeout=timeout, transport=Urllib3Transport(
-                        max_connections=1000, body_read_timeout=read_timeout is not None))),
+                        max_idle=1000, body_read_timeout=read_timeout is not None))),
         }
         for client in self.sdk.values():
             _ = client.default_headers
@@ -146,8 +146,8 @@ def read_sdk(clients: Clients, mode: str, body: bytes, opened: Barrier, go: Even
     try:
         opened.arrive()
         go.wait()
-        body = body_of(response)  # as the provider reads it: the transport's own body
-        for _ in response.iter_raw() if body is None else body:
+        own = body_of(response)  # as the provider reads it: the transport's own body
+        for _ in response.iter_raw() if own is None else own:
             pass
         done.arrive()
     finally:

@@ -59,7 +59,7 @@ def make_starter(mode: str, port: int, concurrency: int) -> Callable[[], None]:
         from streaming.settings import Settings
         from streaming.upstream.openai import OpenAIProvider
 
-        settings = Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="bench",  # type: ignore[arg-type]
+        settings = Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="bench",
                             OPENAI_BASE_URL=base, WORKER_CONNECTIONS=max(concurrency, 100))
         provider = OpenAIProvider(settings)
         request = {"model": "bench", "messages": MESSAGES}
@@ -78,7 +78,7 @@ def make_starter(mode: str, port: int, concurrency: int) -> Callable[[], None]:
         if mode == "sdk-post-urllib3":
             from streaming.upstream.transport import Urllib3Transport
 
-            transport = Urllib3Transport(max_connections=max(concurrency, 100))
+            transport = Urllib3Transport(max_idle=max(concurrency, 100))
         limits = httpx2.Limits(max_connections=max(concurrency, 100),
                                max_keepalive_connections=32)
         http = (httpx2.Client(transport=transport, timeout=60.0) if transport
