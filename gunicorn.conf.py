@@ -92,8 +92,8 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     # The worker is leaving (its streams have ended): give up its store lease now, so that
-    # other workers never wait for it to lapse.
-    manager = getattr(worker.wsgi, "extensions", {}).get("llm_stream")
+    # other workers never wait for it to lapse. A worker that failed to boot has no app.
+    manager = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("llm_stream")
     if manager is not None:
         try:
             manager.store.close()
