@@ -223,6 +223,8 @@ class Generation:
         metrics.streams_active.dec()
         metrics.streams_ended.labels(outcome=label).inc()
         metrics.stream_duration_seconds.observe(duration)
+        if core.deltas:
+            metrics.deltas.inc(core.deltas)  # once per stream: the hot path counts nothing
         if isinstance(ended, Failed) and ended.code in UPSTREAM_CODES:
             metrics.upstream_errors.labels(code=ended.code).inc()
         ttft = core.first_delta_at
@@ -241,7 +243,7 @@ class Generation:
         inbox = self._inbox
         wake = self._wake
         metrics = self._metrics
-        deltas_seen = 0
+        first_seen = False
         while True:
             while (not inbox and self._result is None and not self._cancelled
                    and not self._abandoned and not self._presence):
@@ -258,11 +260,9 @@ class Generation:
             now = clock()
             if items:
                 core.feed(items, now)
-                if core.deltas != deltas_seen:
-                    if not deltas_seen and core.first_delta_at is not None:
-                        metrics.first_token_seconds.observe(core.first_delta_at - core.started_at)
-                    metrics.deltas.inc(core.deltas - deltas_seen)
-                    deltas_seen = core.deltas
+                if not first_seen and core.first_delta_at is not None:
+                    first_seen = True
+                    metrics.first_token_seconds.observe(core.first_delta_at - core.started_at)
             if result is _END:
                 core.upstream_ended()
             elif isinstance(result, BaseException):
