@@ -7,6 +7,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,9 +27,26 @@ from sseclient import (
 from upstream_sim import DEFAULT_TEXT
 
 
-def test_a_stream_end_to_end(relay_service: Service, sim: Any) -> None:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def store_service(request: pytest.FixtureRequest, upstream: Any,
+                  relay_service: Service) -> Iterator[Service]:
+    """The named subset of these tests that runs on both stores: the module's service (memory)
+    and the same settings on Redis."""
+    if request.param == "memory":
+        yield relay_service
+        return
+    redis_server = request.getfixturevalue("redis_server")
+    service = Service(openai_env(upstream, HEARTBEAT_INTERVAL=1, FIRST_TOKEN_TIMEOUT=5,
+                                 IDLE_TIMEOUT=3, STREAM_TIMEOUT=30, RESUME_GRACE=2,
+                                 STREAM_TTL=30, REDIS_URL=redis_server.url,
+                                 REDIS_PREFIX=f"stream-tests-{id(request)}:"))
+    yield service
+    service.stop()
+
+
+def test_a_stream_end_to_end(store_service: Service, sim: Any) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    stream = start(relay_service.url, {"messages": messages, "temperature": 0.3,
+    stream = start(store_service.url, {"messages": messages, "temperature": 0.3,
                                        "max_tokens": 100})
     assert stream.status == 200
     headers = {k.lower(): v for k, v in stream.headers.items()}
@@ -60,10 +78,10 @@ def test_a_stream_end_to_end(relay_service: Service, sim: Any) -> None:
     assert record.headers["Accept-Encoding"] == "identity"
 
 
-def test_first_bytes_and_heartbeats_before_the_upstream_answers(relay_service: Service,
+def test_first_bytes_and_heartbeats_before_the_upstream_answers(store_service: Service,
                                                                 sim: Any) -> None:
     sent = time.monotonic()
-    stream = start(relay_service.url, body(headers_delay=2.5, tokens=["late"]))
+    stream = start(store_service.url, body(headers_delay=2.5, tokens=["late"]))
     # Headers (and so the status) arrive only with the first body bytes under gunicorn.
     assert stream.status == 200
     items = []
@@ -137,9 +155,9 @@ def test_buffer_flushes_on_its_deadline(service_factory: Any, sim: Any) -> None:
     assert [e.json["token"] for e in tokens] == ["a ", "b c d "]
 
 
-def test_resume_after_a_cut_gives_the_exact_text(relay_service: Service, sim: Any) -> None:
+def test_resume_after_a_cut_gives_the_exact_text(store_service: Service, sim: Any) -> None:
     words = [f"word{i} " for i in range(60)]
-    stream = start(relay_service.url, body(tokens=words, delay=0.02))
+    stream = start(store_service.url, body(tokens=words, delay=0.02))
     stream_id = stream.headers["X-Stream-Id"]
     seen: list[Event] = []
     for event in stream.events():
@@ -148,42 +166,42 @@ def test_resume_after_a_cut_gives_the_exact_text(relay_service: Service, sim: An
             break
     stream.close()  # the connection drops mid-answer
     last_id = int(seen[-1].id)  # type: ignore[arg-type]
-    rest = collect(attach(relay_service.url, stream_id, last_id))
+    rest = collect(attach(store_service.url, stream_id, last_id))
     check_well_formed(rest, first_seq=last_id + 1)
     assert text_of(seen) + text_of(rest) == "".join(words)
     # And once more from the middle, by query parameter, after the end.
-    status, _, raw = request(relay_service.url, "GET",
+    status, _, raw = request(store_service.url, "GET",
                              f"/api/chat/stream/{stream_id}?last_event_id=2")
     assert status == 200
     assert b"\nid: 3\n" in b"\n" + raw and b"\nid: 2\n" not in b"\n" + raw
     assert len(sim.requests) == 1
 
 
-def test_attach_from_the_start_and_past_the_end(relay_service: Service, sim: Any) -> None:
-    first = collect(start(relay_service.url, body(tokens=5)))
+def test_attach_from_the_start_and_past_the_end(store_service: Service, sim: Any) -> None:
+    first = collect(start(store_service.url, body(tokens=5)))
     stream_id = first[0].json["stream_id"]
-    again = collect(attach(relay_service.url, stream_id))
+    again = collect(attach(store_service.url, stream_id))
     assert [(e.id, e.data) for e in again] == [(e.id, e.data) for e in first]
     last = int(first[-2].id)  # type: ignore[arg-type]
     # At or past the terminal event: 204 and no body, so an EventSource stops reconnecting.
     for after in (last, last + 100):
-        past = attach(relay_service.url, stream_id, after)
+        past = attach(store_service.url, stream_id, after)
         assert past.status == 204
         assert past.response.read() == b""
         past.conn.close()
     # One before it: the terminal event, then [DONE].
-    tail = collect(attach(relay_service.url, stream_id, last - 1))
+    tail = collect(attach(store_service.url, stream_id, last - 1))
     assert [e.id for e in tail] == [str(last), None]
 
 
-def test_several_clients_follow_one_stream(relay_service: Service, sim: Any) -> None:
+def test_several_clients_follow_one_stream(store_service: Service, sim: Any) -> None:
     words = [f"t{i} " for i in range(30)]
-    origin = start(relay_service.url, body(tokens=words, delay=0.03))
+    origin = start(store_service.url, body(tokens=words, delay=0.03))
     stream_id = origin.headers["X-Stream-Id"]
     results: dict[str, list[Event]] = {}
 
     def follow(name: str) -> None:
-        results[name] = collect(attach(relay_service.url, stream_id))
+        results[name] = collect(attach(store_service.url, stream_id))
 
     threads = [threading.Thread(target=follow, args=(f"c{i}",)) for i in range(3)]
     for t in threads:
@@ -197,17 +215,17 @@ def test_several_clients_follow_one_stream(relay_service: Service, sim: Any) -> 
         assert text_of(events) == "".join(words)
 
 
-def test_live_attach_gets_the_past_then_the_live_events(relay_service: Service,
+def test_live_attach_gets_the_past_then_the_live_events(store_service: Service,
                                                        sim: Any) -> None:
-    origin = start(relay_service.url, body(tokens=8, stall_after=4))
+    origin = start(store_service.url, body(tokens=8, stall_after=4))
     stream_id = origin.headers["X-Stream-Id"]
     seen: list[Event] = []
     for event in origin.events():
         seen.append(event)
         if text_of(seen) == "t0 t1 t2 t3 ":
             break
-    follower = attach(relay_service.url, stream_id, 0)
-    status, _, raw = request(relay_service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
+    follower = attach(store_service.url, stream_id, 0)
+    status, _, raw = request(store_service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
     assert status == 202 and json.loads(raw) == {"status": "cancelling"}
     events = collect(follower)
     check_well_formed(events, first_seq=1)
@@ -217,8 +235,8 @@ def test_live_attach_gets_the_past_then_the_live_events(relay_service: Service,
     assert origin_events[-2].json["finish_reason"] == "cancelled"
 
 
-def test_cancel_closes_the_upstream_within_a_second(relay_service: Service, sim: Any) -> None:
-    stream = start(relay_service.url, body(tokens=50, stall_after=3))
+def test_cancel_closes_the_upstream_within_a_second(store_service: Service, sim: Any) -> None:
+    stream = start(store_service.url, body(tokens=50, stall_after=3))
     stream_id = stream.headers["X-Stream-Id"]
     got = []
     for event in stream.events():
@@ -227,22 +245,22 @@ def test_cancel_closes_the_upstream_within_a_second(relay_service: Service, sim:
             break
     (record,) = sim.requests
     asked = time.monotonic()
-    status, _, _ = request(relay_service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
+    status, _, _ = request(store_service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
     assert status == 202
     assert record.wait_closed(5)
     assert record.closed_at - asked < 1.0
     rest = collect(stream)
     assert rest[-2].json["finish_reason"] == "cancelled"
     # Cancelling an ended stream changes nothing.
-    status, _, raw = request(relay_service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
+    status, _, raw = request(store_service.url, "POST", f"/api/chat/stream/{stream_id}/cancel")
     assert status == 202 and json.loads(raw) == {"status": "cancelling"}
-    again = collect(attach(relay_service.url, stream_id))
+    again = collect(attach(store_service.url, stream_id))
     assert [e.data for e in again] == [e.data for e in got + rest]
 
 
-def test_a_client_leaving_detaches_and_grace_cancels(relay_service: Service, sim: Any) -> None:
+def test_a_client_leaving_detaches_and_grace_cancels(store_service: Service, sim: Any) -> None:
     # RESUME_GRACE=2: the stream survives the departure, then is cancelled.
-    stream = start(relay_service.url, body(tokens=50, stall_after=2))
+    stream = start(store_service.url, body(tokens=50, stall_after=2))
     stream_id = stream.headers["X-Stream-Id"]
     until_first_token(stream)
     (record,) = sim.requests
@@ -251,14 +269,14 @@ def test_a_client_leaving_detaches_and_grace_cancels(relay_service: Service, sim
     assert not record.wait_closed(1.0), "a departure must not cancel at once"
     assert record.wait_closed(10)
     assert 1.5 < record.closed_at - left < 6.0
-    events = collect(attach(relay_service.url, stream_id))
+    events = collect(attach(store_service.url, stream_id))
     assert events[-2].json == {"type": "done", "finish_reason": "cancelled", "usage": None}
     assert text_of(events) == "t0 t1 "
 
 
-def test_returning_within_grace_keeps_the_stream(relay_service: Service, sim: Any) -> None:
+def test_returning_within_grace_keeps_the_stream(store_service: Service, sim: Any) -> None:
     words = [f"w{i} " for i in range(40)]
-    stream = start(relay_service.url, body(tokens=words, delay=0.05))
+    stream = start(store_service.url, body(tokens=words, delay=0.05))
     stream_id = stream.headers["X-Stream-Id"]
     seen = []
     for event in stream.events():
@@ -266,7 +284,7 @@ def test_returning_within_grace_keeps_the_stream(relay_service: Service, sim: An
         if len(seen) == 3:
             break
     stream.close()
-    rest = collect(attach(relay_service.url, stream_id, seen[-1].id))
+    rest = collect(attach(store_service.url, stream_id, seen[-1].id))
     assert rest[-2].json["finish_reason"] == "stop"
     assert text_of(seen) + text_of(rest) == "".join(words)
 
