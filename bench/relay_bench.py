@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="redisload: concurrent streams over two workers")
     ap.add_argument("--redisload-rate", type=float, default=5.0,
                     help="redisload: deltas per second per stream")
-    ap.add_argument("--redisload-hold", type=float, default=12.0,
+    ap.add_argument("--redisload-hold", type=float, default=25.0,
                     help="redisload: seconds a stream lasts at least (all are held open until "
                          "the last one has started)")
     ap.add_argument("--servers", default=",".join([*ONE_WORKER, *TWO_WORKERS]),

@@ -107,23 +107,32 @@ class _Stream:
         return b"data: " + self.head + delta + tail + b"\n\n"
 
     def _schedule(self) -> None:
-        due = self.start + self.i * self.delay
-        if due <= self.loop.time():
-            self._tick()
-        else:
-            self.timer = self.loop.call_at(due, self._tick)
+        # What is already due goes out at once, in a loop: a request a server forwards late can
+        # be hundreds of deltas behind (recursing here overflowed the stack and cut the stream).
+        while True:
+            due = self.start + self.i * self.delay
+            if due > self.loop.time():
+                self.timer = self.loop.call_at(due, self._tick)
+                return
+            if not self._step():
+                return
 
     def _tick(self) -> None:
         self.timer = None
+        if self._step():
+            self._schedule()
+
+    def _step(self) -> bool:
+        """Send the next delta (or the end); False once the stream has ended."""
         if self.i < self.n or self._held():
             self._send(delta_text(self.prefix, self.i))
             self.i += 1
             if self.i < self.n or self._held():
-                self._schedule()
-                return
+                return True
         if self.gate is not None:
             self._send(end_text(self.prefix))
         self._finish()
+        return False
 
     def _held(self) -> bool:
         return (self.gate is not None and not self.conn.gates.is_open(self.gate)
