@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,20 @@ def relay_service(upstream: Any) -> Iterator[Service]:
                                  STREAM_TTL=30))
     yield service
     service.stop()
+
+
+class RecordingProducer:
+    """A store's producer callbacks, recorded as events a test can wait on."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.presence = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def presence_changed(self) -> None:
+        self.presence.set()
 
 
 def sim_body(**script: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import RecordingProducer as Producer
 from conftest import free_port
 from redis.crc import key_slot
 from redisfix import RedisCluster, RedisServer, make_tls_files
@@ -24,18 +25,6 @@ from streaming.errors import StoreUnavailableError
 from streaming.settings import Settings
 from streaming.stores import StreamClosedError, StreamMeta, redis_follow
 from streaming.stores.redis import RedisStore
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.presence = threading.Event()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def presence_changed(self) -> None:
-        self.presence.set()
 
 
 @pytest.fixture

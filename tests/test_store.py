@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import RecordingProducer as Producer
 
 from streaming.settings import Settings
 from streaming.stores import StreamClosedError, StreamMeta, StreamStore, UnknownStreamError
@@ -51,18 +52,6 @@ def store(request: pytest.FixtureRequest, clock: Clock) -> Iterator[StreamStore]
 def meta(stream_id: str = "s", owner: str | None = "owner", **options: object) -> StreamMeta:
     return StreamMeta(stream_id=stream_id, owner=owner, model="m", format="native",
                       resume_token="tok", worker="w1", created=1.5e9, options=options)
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.presence = threading.Event()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def presence_changed(self) -> None:
-        self.presence.set()
 
 
 def test_create_append_and_read_from_cursor(store: StreamStore) -> None:
