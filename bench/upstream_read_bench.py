@@ -52,7 +52,8 @@ import urllib3  # noqa: E402
 
 from streaming.upstream.transport import Urllib3Transport, body_of  # noqa: E402
 
-MODES = ("socket", "httpx2", "urllib3-transport", "urllib3", "geventhttpclient")
+MODES = ("socket", "httpx2", "urllib3-transport", "urllib3", "urllib3-chunked",
+         "geventhttpclient")
 # It serves until its stdin closes, so that it goes when we do, however we end.
 SIMULATOR = ("import sys; sys.path.insert(0, 'tests'); "
              "from upstream_sim import UpstreamSimulator; "
@@ -166,6 +167,18 @@ def read_urllib3(clients: Clients, body: bytes, opened: Barrier, go: Event,
     done.arrive()
 
 
+def read_urllib3_chunked(clients: Clients, body: bytes, opened: Barrier, go: Event,
+                         done: Barrier) -> None:
+    response = clients.urllib3.urlopen(
+        "POST", "/v1/chat/completions", body=body, preload_content=False,
+        headers={"Content-Type": "application/json"})
+    opened.arrive()
+    go.wait()
+    for _ in response.read_chunked(decode_content=False):
+        pass
+    done.arrive()
+
+
 def read_geventhttpclient(clients: Clients, body: bytes, opened: Barrier, go: Event,
                           done: Barrier) -> None:
     response = clients.geventhttpclient.request(
@@ -191,6 +204,7 @@ def run(mode: str, clients: Clients, args: argparse.Namespace) -> tuple[float, f
         target, first = read_sdk, (clients, mode, body)
     else:
         readers = {"socket": read_socket, "urllib3": read_urllib3,
+                   "urllib3-chunked": read_urllib3_chunked,
                    "geventhttpclient": read_geventhttpclient}
         target, first = readers[mode], (clients, body)
     start = time.process_time()

@@ -1,12 +1,15 @@
 """One stream's producer: the shell around `relay_core.RelayCore`.
 
-A reader greenlet blocks on the upstream socket and only hands items over through an inbox. A
-pump greenlet owns the clock: it feeds the core, asks it what is due, encodes the core's events
-once in the stream's wire format and appends them to the store in one batch per round. A
-blocked read never delays a heartbeat, a cancel or a timeout, because nobody waits on it.
+One task per stream reads the upstream and runs the core on what it read, in that same task:
+feed the items, take what is due, encode the events once in the stream's wire format and
+append them to the store in one batch. What must happen while the upstream is silent (a
+buffer's deadline, a timeout, a cancel, the last client leaving) comes from an `Alarm`: a
+timer armed at the core's next deadline that runs a round in a short-lived task when it
+rings. So a blocked read never delays a deadline or a cancel, and an open stream keeps one
+stack, not a reader's and a pump's. Rounds are serialised by a lock.
 
-Only `threading` primitives are used: gevent patches them into greenlet ones, and under a
-plain threaded server they are real threads.
+Under gevent the task is a greenlet and the alarm a libev timer; under plain threads, a
+thread each (only `threading` primitives are used, which gevent patches).
 """
 
 from __future__ import annotations
@@ -18,14 +21,13 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .errors import StoreUnavailableError, UpstreamError
 from .events import INTERNAL, STORE_UNAVAILABLE, Failed, Start, Terminal, outcome
 from .formats import WireFormat
-from .green import spawn
+from .green import Alarm, spawn
 from .metrics import Metrics
 from .relay_core import Limits, RelayCore
 from .settings import Settings
@@ -70,7 +72,6 @@ class Generation:
         settings: Settings,
         metrics: Metrics,
         on_end: Callable[[Generation], None],
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.meta = meta
         self.stream_id = meta.stream_id
@@ -81,22 +82,24 @@ class Generation:
         self._settings = settings
         self._metrics = metrics
         self._on_end = on_end
-        self._clock = clock
+        self._clock = time.monotonic  # the alarm's clock too
         self._core = RelayCore(
             Start(meta.stream_id, meta.model, meta.resume_token, int(meta.created)),
-            limits(settings), clock(),
+            limits(settings), self._clock(),
         )
         self._encoder = fmt.encoder(meta)
         self._seq = 0  # events the store holds
         self._bytes = 0  # their size
         self.resumes = 0  # attaches on this worker after the start
-        # The pump's single wake-up: set by the reader, cancel, presence and abandon.
-        self._wake = threading.Event()
-        self._inbox: deque[Item] = deque()  # appended by the reader, drained by the pump
-        self._result: object = None  # the reader's last word: _END or an exception
+        self._lock = threading.Lock()  # one round at a time
+        # A store that never blocks lets the alarm run rounds in the event loop itself (no
+        # task to start per deadline).
+        self._alarm = Alarm(self._on_alarm, f"alarm-{meta.stream_id[:8]}",
+                            inline=None if store.may_block else self._on_alarm_inline)
         self._cancelled = False
         self._abandoned = False
         self._presence = False  # a follower count reached 0 somewhere: look again
+        self._finished = False  # the stream has ended and been reported
         self._stop = threading.Event()  # tells the reader to give up
         self._upstream: UpstreamStream | None = None
         self._reader: Any = None
@@ -109,7 +112,7 @@ class Generation:
     # -- control, from any thread -------------------------------------------------------
 
     def start(self) -> None:
-        """Create the stream with its `start` event, then run the reader and the pump."""
+        """Create the stream with its `start` event, then run the reader and the alarm."""
         first = self._encoder.encode(self._core.take())
         self._store.create(self.meta, first)
         self._seq = len(first)
@@ -118,20 +121,20 @@ class Generation:
         self._metrics.streams_started.inc()
         self._metrics.streams_active.inc()
         self._reader = spawn(self._read, f"reader-{self.stream_id[:8]}")
-        spawn(self._pump, f"pump-{self.stream_id[:8]}")
+        self._alarm.set(self._core.deadline())
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._wake.set()
+        self._alarm.poke()
 
     def presence_changed(self) -> None:
         self._presence = True
-        self._wake.set()
+        self._alarm.poke()
 
     def abandon(self) -> None:
         """End the stream with `producer_lost`: this worker is about to be stopped."""
         self._abandoned = True
-        self._wake.set()
+        self._alarm.poke()
 
     # -- the reader ---------------------------------------------------------------------
 
@@ -149,26 +152,23 @@ class Generation:
                         for items in upstream:
                             if not delivered:
                                 delivered = any(kind in DELTA_KINDS for kind, _ in items)
-                            self._inbox.extend(items)
-                            self._wake.set()
-                            if self._stop.is_set():
+                            if not self._round(items):
                                 return
-                        # Told before the `with` ends: releasing the connection for reuse may
-                        # read a little more, and the client need not wait for that.
-                        if not self._stop.is_set():
-                            self._finish_reading(_END)
+                        # Before the `with` ends: releasing the connection for reuse may read
+                        # a little more, and the client need not wait for that.
+                        self._round(None, _END)
                     return
                 except UpstreamError as exc:
                     if self._stop.is_set():
                         return
                     remaining = self.started_at + settings.FIRST_TOKEN_TIMEOUT - self._clock()
                     if delivered or not exc.retryable or attempt >= settings.UPSTREAM_RETRIES:
-                        self._finish_reading(exc)
+                        self._round(None, exc)
                         return
                     attempt += 1
                     backoff = _backoff(attempt, exc.retry_after)
                     if backoff >= remaining:
-                        self._finish_reading(exc)
+                        self._round(None, exc)
                         return
                     log.info("stream %s: upstream failed (%s), retry %d in %.2fs",
                              self.stream_id[:8], exc.code, attempt, backoff)
@@ -179,13 +179,9 @@ class Generation:
         except BaseException as exc:
             if not self._stop.is_set():
                 log.error("stream %s: reader failed\n%s", self.stream_id[:8], _traceback())
-                self._finish_reading(exc)
+                self._round(None, exc)
             if not isinstance(exc, Exception):
                 raise
-
-    def _finish_reading(self, result: object) -> None:
-        self._result = result
-        self._wake.set()
 
     def _stop_reader(self) -> None:
         self._stop.set()
@@ -198,20 +194,87 @@ class Generation:
             if upstream is not None:
                 upstream.close()
 
-    # -- the pump -----------------------------------------------------------------------
+    # -- rounds -------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        reader_ended = False
+    def _on_alarm(self) -> None:
+        self._round(None)
+
+    def _on_alarm_inline(self) -> bool:
+        """The alarm, in the event loop itself (a store that never blocks): run the round at
+        once unless one is under way; False to have it run in a task instead."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        self._locked_round(None, None)
+        return True
+
+    def _round(self, items: list[Item] | None, result: object = None) -> bool:
+        """Run the core on what the reader brings (`items`, or its `result`: _END or an
+        exception), on controls and on time; write what it emits. False once the stream has
+        ended: the reader stops."""
+        self._lock.acquire()
+        return self._locked_round(items, result)
+
+    def _locked_round(self, items: list[Item] | None, result: object) -> bool:
+        # Entered with the lock held; releases it.
         try:
-            reader_ended = self._run_pump()
-        except Exception:
-            log.error("stream %s: pump failed\n%s", self.stream_id[:8], _traceback())
-            self._end_with(INTERNAL)
+            if self._finished:
+                return False
+            try:
+                going = self._step(items, result)
+            except Exception:
+                log.error("stream %s: relay failed\n%s", self.stream_id[:8], _traceback())
+                self._end_with(INTERNAL)
+                going = False
+            if going:
+                self._alarm.set(self._core.deadline())
+                return True
+            self._finished = True
         finally:
-            if not reader_ended:
-                self._stop_reader()
+            self._lock.release()
+        self._finish(reader_ended=items is not None or result is not None)
+        return False
+
+    def _step(self, items: list[Item] | None, result: object) -> bool:
+        core = self._core
+        now = self._clock()
+        if items:
+            first = core.first_delta_at is None
+            core.feed(items, now)
+            if first and core.first_delta_at is not None:
+                self._metrics.first_token_seconds.observe(core.first_delta_at - core.started_at)
+        if result is _END:
+            core.upstream_ended()
+        elif isinstance(result, BaseException):
+            core.fail(result)
+        if self._abandoned:
+            core.abort(SHUTTING_DOWN)
+        if self._cancelled:
+            core.cancel()
+        if self._presence:
+            self._presence = False
+            alone = self._store.count(("followers", self.stream_id)) == 0
+            core.alone(now if alone else None)
+        core.tick(now)
+        if core.grace_due(now):
+            if self._store.count(("followers", self.stream_id)) == 0:
+                core.cancel()
+            else:
+                core.alone(None)
+        events = core.take()
+        if events and not self._write(events, core.ended):
+            return False
+        return core.ended is None
+
+    def _finish(self, reader_ended: bool) -> None:
+        """Once, after the stream's last event: stop the reader (unless it is the one that
+        ended it), forget the stream, count and log it."""
+        self._alarm.close()
+        if not reader_ended:
+            self._stop_reader()
+        try:
             self._store.unregister(self.stream_id)
             self._report(self._core.ended or INTERNAL)
+        finally:
             self._on_end(self)
 
     def _report(self, ended: Terminal) -> None:
@@ -235,57 +298,6 @@ class Generation:
             "deltas": core.deltas, "events": self._seq, "bytes": self._bytes,
             "duration_ms": round(duration * 1000, 1), "resumes": self.resumes,
         }))
-
-    def _run_pump(self) -> bool:
-        """Run the stream to its end; True if the reader finished by itself."""
-        core = self._core
-        clock = self._clock
-        inbox = self._inbox
-        wake = self._wake
-        metrics = self._metrics
-        first_seen = False
-        while True:
-            while (not inbox and self._result is None and not self._cancelled
-                   and not self._abandoned and not self._presence):
-                now = clock()
-                deadline = core.deadline()
-                if now >= deadline:
-                    break
-                # Cleared before the inbox is looked at again, so no wake-up is lost.
-                wake.wait(deadline - now)
-                wake.clear()
-            # The result before the items: once it is set, every item is in the inbox.
-            result = self._result
-            items = [inbox.popleft() for _ in range(len(inbox))]
-            now = clock()
-            if items:
-                core.feed(items, now)
-                if not first_seen and core.first_delta_at is not None:
-                    first_seen = True
-                    metrics.first_token_seconds.observe(core.first_delta_at - core.started_at)
-            if result is _END:
-                core.upstream_ended()
-            elif isinstance(result, BaseException):
-                core.fail(result)
-            if self._abandoned:
-                core.abort(SHUTTING_DOWN)
-            if self._cancelled:
-                core.cancel()
-            if self._presence:
-                self._presence = False
-                alone = self._store.count(("followers", self.stream_id)) == 0
-                core.alone(now if alone else None)
-            core.tick(now)
-            if core.grace_due(now):
-                if self._store.count(("followers", self.stream_id)) == 0:
-                    core.cancel()
-                else:
-                    core.alone(None)
-            events = core.take()
-            if events and not self._write(events, core.ended):
-                return result is not None
-            if core.ended is not None:
-                return result is not None
 
     def _write(self, events: list[Any], terminal: Terminal | None) -> bool:
         """Encode and append one round's events; False if the stream cannot go on."""

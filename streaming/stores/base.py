@@ -68,6 +68,9 @@ class StreamStore(Protocol):
     retries); callers map that once to the contract's 503 / `store_unavailable`."""
 
     worker_id: str
+    # True if its calls may wait on I/O (a network store): then they only run in tasks, never
+    # in the event loop's own callbacks.
+    may_block: bool
 
     # -- the log ------------------------------------------------------------------------
 

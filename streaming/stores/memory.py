@@ -51,6 +51,8 @@ class MemoryStore:
     """Streams in this process; an ended stream stays readable for `ttl` seconds, indexes for
     `index_ttl`."""
 
+    may_block = False  # no call waits: the relay may run its deadline rounds in the event loop
+
     def __init__(self, ttl: float, index_ttl: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.worker_id = secrets.token_hex(8)

@@ -49,6 +49,8 @@ _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAg
 class RedisStore:
     """`StreamStore` on Redis. Starts its lease and follow loop at once; connects lazily."""
 
+    may_block = True
+
     def __init__(self, settings: Settings, *, worker_id: str | None = None,
                  lease: float = 5.0, retry_for: float = 2.0,
                  max_connections: int = 32, linger: float = 5.0) -> None:
