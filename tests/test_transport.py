@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from streaming.upstream.chunks import iter_sse_data
-from streaming.upstream.transport import Urllib3Transport, body_of
+from streaming.upstream.transport import READ_SIZE, Urllib3Transport, body_of
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 5.0  # generous bound for anything that should take milliseconds
@@ -226,6 +226,19 @@ def test_pieces_arrive_as_they_are_sent(server: RawServer, client: httpx2.Client
         assert next(pieces) == b"data: first\n\n"
         hold.set()
         assert list(pieces) == []
+
+
+def test_a_large_chunk_is_read_in_bounded_pieces(server: RawServer,
+                                                 client: httpx2.Client) -> None:
+    # A chunk is read whole only up to READ_SIZE: an upstream announcing a huge one (in one
+    # piece or slowly) never makes us take it in one allocation.
+    big = bytes(range(256)) * (3 * READ_SIZE // 256 + 7)
+    server.replies["/big"] = [CHUNKED, b"%x\r\n" % len(big), big[:1000], 0.05, big[1000:],
+                              b"\r\n", chunk(b"tail"), b"0\r\n\r\n"]
+    with client.stream("POST", server.url("/big"), content=b"{}") as response:
+        pieces = list(response.iter_raw())
+    assert b"".join(pieces) == big + b"tail"
+    assert max(map(len, pieces)) == READ_SIZE
 
 
 def test_close_delimited_body_is_exact_and_not_reused(server: RawServer,

@@ -1,9 +1,9 @@
 """An httpx2 transport over urllib3: the OpenAI SDK's HTTP client, through its public hooks.
 
 The SDK takes an `httpx2.Client`; this is the `transport` under it (`httpx2.BaseTransport`,
-the documented way to plug in another HTTP stack). urllib3 reads a streaming body with
-`read1()`, one socket read at a time, so each SSE event is handed on as soon as it arrives,
-and its `shutdown()` wakes a read blocked in another thread or greenlet: the relay's cancel
+the documented way to plug in another HTTP stack). urllib3 reads a streaming body one HTTP
+chunk at a time (`read_chunked()`; `read1()`, one socket read at a time, for a body that is
+not chunked), so each SSE event is handed on as soon as it arrives, and its `shutdown()` wakes a read blocked in another thread or greenlet: the relay's cancel
 depends on that. It runs on plain sockets, so the same code serves gevent (patched) and
 threads.
 
@@ -58,6 +58,7 @@ class Body(httpx2.SyncByteStream):
         self._lock = threading.Lock()
         self._closed = False
         self._ended = False  # read to its end: urllib3 has put the connection back
+        self._chunks = self._read()  # the one reader of the body, here and in finish()
 
     @property
     def complete(self) -> bool:
@@ -65,10 +66,10 @@ class Body(httpx2.SyncByteStream):
         return self._ended
 
     def __iter__(self) -> Iterator[bytes]:
-        read1 = self._response.read1
+        chunks = self._chunks
         while True:
             try:
-                data = read1(READ_SIZE)
+                data = next(chunks, b"")
             except ReadTimeoutError:
                 raise httpx2.ReadTimeout("timed out reading the response body",
                                          request=self._request) from None
@@ -85,6 +86,21 @@ class Body(httpx2.SyncByteStream):
                 return
             yield data
 
+    def _read(self) -> Iterator[bytes]:
+        """The body's bytes as they come: one HTTP chunk at a time through urllib3's
+        `read_chunked()` when the body is chunked (the usual streamed answer: an SSE event is
+        one chunk, read whole, for less work than `read1()`'s), else each socket read. Either
+        way at most READ_SIZE bytes at a time, however large a chunk the upstream announces."""
+        response = self._response
+        if response.chunked:
+            for data in response.read_chunked(READ_SIZE, decode_content=False):
+                if data:
+                    yield data
+            return
+        read1 = response.read1
+        while data := read1(READ_SIZE):
+            yield data
+
     def finish(self, timeout: float, limit: int = READ_SIZE) -> bool:
         """Read what is left of the body for at most `timeout` seconds and `limit` bytes, so
         that its connection is kept; True if it got to the end. Never raises."""
@@ -96,7 +112,7 @@ class Body(httpx2.SyncByteStream):
             if sock is not None:
                 sock.settimeout(timeout)
             while limit > 0:
-                data = response.read1(READ_SIZE)
+                data = next(self._chunks, b"")
                 if not data:
                     self._ended = not self._closed
                     break
