@@ -6,6 +6,7 @@ defaults; see the comments for why each one is what it is.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import shutil
@@ -88,6 +89,13 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     manager = getattr(worker.wsgi, "extensions", {}).get("llm_stream")
     if manager is not None:
         manager.watch_server(lambda: worker.alive, worker.cfg.graceful_timeout)
+    # The cyclic garbage collector: what the worker imported and built at start lives as long
+    # as it does (frozen: never scanned again), and a stream start allocates a few thousand
+    # objects, most freed by reference counting, so the youngest generation is collected
+    # every 10,000 allocations rather than 700. Measured over 2000 stream starts: 0.5 s of
+    # collection -> 0.19 s (about 6 % of their CPU).
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 10)
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
