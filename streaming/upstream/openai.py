@@ -94,8 +94,10 @@ class OpenAIProvider:
 
     @contextmanager
     def open(self, request: dict[str, Any]) -> Iterator[_OpenAIStream]:
-        body = orjson.dumps({**request, "stream": True,
-                             "stream_options": {"include_usage": True}})
+        # Copied: orjson's bytes keep its whole working buffer (4 KiB for a short request),
+        # and the body lives as long as the stream (the response holds its request).
+        body = memoryview(orjson.dumps({**request, "stream": True,
+                                        "stream_options": {"include_usage": True}})).tobytes()
         try:
             response = self._get_client().post(
                 "/chat/completions", content=body, cast_to=httpx2.Response, stream=True)
