@@ -9,12 +9,11 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import orjson
 from flask import Response, current_app, request
-from werkzeug.wsgi import ClosingIterator
 
 from .errors import ApiError
 from .green import gevent_active
@@ -223,9 +222,11 @@ def stream_response(m: StreamManager, stream_id: str, cursor: int, following: Fo
         body = iter_events(m.store, stream_id, cursor, m.settings.HEARTBEAT_INTERVAL,
                            gone=lambda: client.gone, on_start=metrics.clients_attached.inc,
                            on_end=ended)
-        closers: list[Callable[[], None]] = [client.close, following.release]
-        response = Response(ClosingIterator(body, closers), status=200,
-                            content_type="text/event-stream; charset=utf-8")
+        # Passed through as it is: the server iterates the generator itself (no wrapper's
+        # frame per write), then calls close().
+        response = Response(_Body(body, (client.close, following.release)), status=200,
+                            content_type="text/event-stream; charset=utf-8",
+                            direct_passthrough=True)
     except BaseException:
         following.release()
         raise
@@ -234,6 +235,32 @@ def stream_response(m: StreamManager, stream_id: str, cursor: int, following: Fo
     if headers:
         response.headers.update(headers)
     return response
+
+
+class _Body:
+    """A WSGI response body: the SSE generator, then `close` runs `closers` (each once, every
+    one even if another fails, as werkzeug's ClosingIterator does)."""
+
+    __slots__ = ("_closers", "_events")
+
+    def __init__(self, events: Generator[bytes, None, None],
+                 closers: tuple[Callable[[], None], ...]) -> None:
+        self._events = events
+        self._closers = closers
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        closers, self._closers = (self._events.close, *self._closers), ()
+        errors = []
+        for close in closers:
+            try:
+                close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def _departure(delivery: Delivery, gone: bool, send_timeout: float) -> str:

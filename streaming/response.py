@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ def iter_events(
     clock: Callable[[], float] = time.monotonic,
     on_start: Callable[[], None] | None = None,
     on_end: Callable[[Delivery], None] | None = None,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The body of one response: events with seq >= `cursor`, heartbeats, then [DONE].
     `on_start` and `on_end` are called once each, if the body is read at all."""
     if on_start is not None:

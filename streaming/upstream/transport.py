@@ -3,9 +3,10 @@
 The SDK takes an `httpx2.Client`; this is the `transport` under it (`httpx2.BaseTransport`,
 the documented way to plug in another HTTP stack). urllib3 reads a streaming body one HTTP
 chunk at a time (`read_chunked()`; `read1()`, one socket read at a time, for a body that is
-not chunked), so each SSE event is handed on as soon as it arrives, and its `shutdown()` wakes a read blocked in another thread or greenlet: the relay's cancel
-depends on that. It runs on plain sockets, so the same code serves gevent (patched) and
-threads.
+not chunked), so each SSE event is handed on as soon as it arrives, and closing a response
+(a shutdown of its socket) wakes a read blocked in another thread or greenlet: the relay's
+cancel depends on that. It runs on plain sockets, so the same code serves gevent (patched)
+and threads.
 
 Each response's body is also reachable as a `Body` (`body_of(response)`), for the two things
 httpx2's interface has no word for: abort from another thread, and finish a body whose end
