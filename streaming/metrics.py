@@ -5,7 +5,10 @@ worker writes its own files and `/metrics` sums them, so the page shows all work
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,7 +19,19 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .events import Failed, Terminal, outcome
 from .green import tasks_running
+
+if TYPE_CHECKING:
+    from .relay_core import RelayCore
+    from .stores import StreamMeta
+
+# One JSON line per stream end, on a logger of its own so operators can route it.
+stream_log = logging.getLogger("streaming.streams")
+
+# The error codes that come from the upstream (the others are ours or the store's).
+UPSTREAM_CODES = frozenset(("timeout", "rate_limited", "upstream_auth", "upstream_unavailable",
+                            "upstream_error"))
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -95,6 +110,27 @@ class Metrics:
             "llm_worker_open_files", "File descriptors this worker holds, per worker.",
             registry=reg, multiprocess_mode="liveall",
         )
+
+    def stream_ended(self, meta: StreamMeta, core: RelayCore, ended: Terminal, *, now: float,
+                     events: int, size: int, resumes: int) -> None:
+        """Count a stream's end, and log one structured line about it (no key, no text)."""
+        label = outcome(ended)
+        duration = now - core.started_at
+        self.streams_active.dec()
+        self.streams_ended.labels(outcome=label).inc()
+        self.stream_duration_seconds.observe(duration)
+        if core.deltas:
+            self.deltas.inc(core.deltas)  # once per stream: the hot path counts nothing
+        if isinstance(ended, Failed) and ended.code in UPSTREAM_CODES:
+            self.upstream_errors.labels(code=ended.code).inc()
+        ttft = core.first_delta_at
+        stream_log.info(json.dumps({
+            "event": "stream_end", "stream": meta.stream_id[:8], "model": meta.model,
+            "format": meta.format, "outcome": label,
+            "ttft_ms": None if ttft is None else round((ttft - core.started_at) * 1000, 1),
+            "deltas": core.deltas, "events": events, "bytes": size,
+            "duration_ms": round(duration * 1000, 1), "resumes": resumes,
+        }))
 
     def exposition(self) -> bytes:
         # Read when asked, for the worker that answers (cheap: a counter and a directory).

@@ -14,7 +14,6 @@ thread each (only `threading` primitives are used, which gevent patches).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import StoreUnavailableError, UpstreamError
-from .events import INTERNAL, STORE_UNAVAILABLE, Failed, Start, Terminal, outcome
+from .events import INTERNAL, STORE_UNAVAILABLE, Failed, Start, Terminal
 from .formats import WireFormat
 from .green import Alarm, spawn
 from .metrics import Metrics
@@ -35,27 +34,9 @@ from .stores import StreamClosedError, StreamMeta, StreamStore
 from .upstream.provider import DELTA_KINDS, Item, Provider, UpstreamStream
 
 log = logging.getLogger(__name__)
-# One JSON line per stream end, on a logger of its own so operators can route it.
-stream_log = logging.getLogger("streaming.streams")
-
-# The error codes that come from the upstream (the others are ours or the store's).
-UPSTREAM_CODES = frozenset(("timeout", "rate_limited", "upstream_auth", "upstream_unavailable",
-                            "upstream_error"))
-
 _END = object()  # the reader's result: the upstream finished its body
 
 SHUTTING_DOWN = Failed("producer_lost", "the server is restarting; start the answer again")
-
-
-def limits(settings: Settings) -> Limits:
-    return Limits(
-        max_tokens=settings.BUFFER_MAX_TOKENS,
-        max_delay=settings.BUFFER_MAX_DELAY_MS / 1000.0,
-        first_token_timeout=settings.FIRST_TOKEN_TIMEOUT,
-        idle_timeout=settings.IDLE_TIMEOUT,
-        stream_timeout=settings.STREAM_TIMEOUT,
-        resume_grace=settings.RESUME_GRACE,
-    )
 
 
 class Generation:
@@ -85,7 +66,7 @@ class Generation:
         self._clock = time.monotonic  # the alarm's clock too
         self._core = RelayCore(
             Start(meta.stream_id, meta.model, meta.resume_token, int(meta.created)),
-            limits(settings), self._clock(),
+            Limits.from_settings(settings), self._clock(),
         )
         self._encoder = fmt.encoder(meta)
         self._seq = 0  # events the store holds
@@ -273,31 +254,11 @@ class Generation:
             self._stop_reader()
         try:
             self._store.unregister(self.stream_id)
-            self._report(self._core.ended or INTERNAL)
+            self._metrics.stream_ended(
+                self.meta, self._core, self._core.ended or INTERNAL, now=self._clock(),
+                events=self._seq, size=self._bytes, resumes=self.resumes)
         finally:
             self._on_end(self)
-
-    def _report(self, ended: Terminal) -> None:
-        """Count the stream's end, and log one structured line about it (no key, no text)."""
-        core = self._core
-        label = outcome(ended)
-        duration = self._clock() - core.started_at
-        metrics = self._metrics
-        metrics.streams_active.dec()
-        metrics.streams_ended.labels(outcome=label).inc()
-        metrics.stream_duration_seconds.observe(duration)
-        if core.deltas:
-            metrics.deltas.inc(core.deltas)  # once per stream: the hot path counts nothing
-        if isinstance(ended, Failed) and ended.code in UPSTREAM_CODES:
-            metrics.upstream_errors.labels(code=ended.code).inc()
-        ttft = core.first_delta_at
-        stream_log.info(json.dumps({
-            "event": "stream_end", "stream": self.stream_id[:8], "model": self.meta.model,
-            "format": self.meta.format, "outcome": label,
-            "ttft_ms": None if ttft is None else round((ttft - core.started_at) * 1000, 1),
-            "deltas": core.deltas, "events": self._seq, "bytes": self._bytes,
-            "duration_ms": round(duration * 1000, 1), "resumes": self.resumes,
-        }))
 
     def _write(self, events: list[Any], terminal: Terminal | None) -> bool:
         """Encode and append one round's events; False if the stream cannot go on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .buffer import TokenBuffer
 from .events import (
@@ -27,6 +28,9 @@ from .events import (
 )
 from .upstream.provider import CONTENT, FINISH, REASONING, TOOL_CALL, USAGE, Item
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 _NEVER = float("inf")
 
 
@@ -40,6 +44,17 @@ class Limits:
     idle_timeout: float
     stream_timeout: float
     resume_grace: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_tokens=settings.BUFFER_MAX_TOKENS,
+            max_delay=settings.BUFFER_MAX_DELAY_MS / 1000.0,
+            first_token_timeout=settings.FIRST_TOKEN_TIMEOUT,
+            idle_timeout=settings.IDLE_TIMEOUT,
+            stream_timeout=settings.STREAM_TIMEOUT,
+            resume_grace=settings.RESUME_GRACE,
+        )
 
 
 class RelayCore:
