@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from streaming.errors import UpstreamError
-from streaming.upstream.chunks import iter_sse_data, parse_chunk
+from streaming.upstream.chunks import iter_sse_batches, iter_sse_data, parse_chunk
 
 
 def split_every(data: bytes, n: int) -> list[bytes]:
@@ -24,6 +24,20 @@ EXPECTED = [b'{"a":1}', b'{"b":2}', b"l1\nl2", b"[DONE]"]
 def test_iter_sse_data_any_framing_any_split(eol: bytes, size: int) -> None:
     data = STREAM.replace(b"\n", eol)
     assert list(iter_sse_data(iter(split_every(data, size)))) == EXPECTED
+
+
+def test_batches_are_the_events_each_chunk_completes() -> None:
+    chunks = [b"data: a\n\ndata: b\n\nda", b"ta: c", b"\n", b"\n: ping\n\n",
+              b"data: d\n\ndata: e\n"]
+    assert list(iter_sse_batches(iter(chunks))) == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
+
+
+def test_a_fault_in_a_chunk_comes_after_the_events_before_it() -> None:
+    batches = iter_sse_batches(iter([b"data: a\n\ndata: " + b"x" * 200 + b"\n\n"]),
+                               max_line=100)
+    assert next(batches) == [b"a"]
+    with pytest.raises(UpstreamError):
+        next(batches)
 
 
 def test_crlf_split_between_chunks_is_one_line_end() -> None:

@@ -21,7 +21,10 @@ import httpx2
 import openai
 import pytest
 
-from streaming.upstream.chunks import iter_sse_data
+from streaming.settings import Settings
+from streaming.upstream.chunks import UpstreamCutError, iter_sse_data
+from streaming.upstream.openai import OpenAIProvider
+from streaming.upstream.provider import CONTENT, FINISH
 from streaming.upstream.transport import READ_SIZE, Urllib3Transport, body_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -642,3 +645,50 @@ def test_request_fields_reach_the_server_once_each(server: RawServer,
     assert head.count(b"x-one: 1") == 1 and head.count(b"host: 127.0.0.1:%d" % server.port) == 1
     assert sorted(line for line in head if line.startswith(b"x-twice")) == [b"x-twice: a",
                                                                           b"x-twice: b"]
+
+
+# -- the provider's stream on this transport ----------------------------------------------
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def delta(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+
+
+def test_events_read_together_are_handed_on_together(server: RawServer) -> None:
+    # Three events in one HTTP chunk are one hand-over (one relay round, one append); events
+    # in chunks of their own, as they are sent, stay apart.
+    hold = threading.Event()
+    server.replies["/v1/chat/completions"] = [
+        CHUNKED, chunk(sse(delta("a"))), hold,
+        chunk(sse(delta("b")) + sse(delta("c")) + sse(delta("d", "stop"))),
+        chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"]
+    provider = OpenAIProvider(Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="sk-test",
+                                       OPENAI_BASE_URL=server.url("/v1")))
+    try:
+        with provider.open({"model": "m", "messages": []}) as upstream:
+            batches = iter(upstream)
+            assert next(batches) == [(CONTENT, "a")]
+            hold.set()
+            assert list(batches) == [[(CONTENT, "b"), (CONTENT, "c"), (CONTENT, "d"),
+                                      (FINISH, "stop")]]
+    finally:
+        provider.close()
+
+
+def test_a_fault_after_good_events_in_one_read_comes_after_them(server: RawServer) -> None:
+    server.replies["/v1/chat/completions"] = [
+        CHUNKED, chunk(sse(delta("a")) + b"data: {not json\n\n" + sse(delta("b"))),
+        b"0\r\n\r\n"]
+    provider = OpenAIProvider(Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="sk-test",
+                                       OPENAI_BASE_URL=server.url("/v1")))
+    try:
+        with provider.open({"model": "m", "messages": []}) as upstream:
+            batches = iter(upstream)
+            assert next(batches) == [(CONTENT, "a")]
+            with pytest.raises(UpstreamCutError):
+                next(batches)
+    finally:
+        provider.close()

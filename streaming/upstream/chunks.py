@@ -37,6 +37,14 @@ def iter_sse_data(chunks: Iterator[bytes], *, max_line: int = MAX_LINE_BYTES,
     fields are skipped. A line longer than `max_line` bytes, or an event whose data lines add
     up to more than `max_event`, raises `UpstreamError` (`upstream_error`).
     """
+    for batch in iter_sse_batches(chunks, max_line=max_line, max_event=max_event):
+        yield from batch
+
+
+def iter_sse_batches(chunks: Iterator[bytes], *, max_line: int = MAX_LINE_BYTES,
+                     max_event: int = MAX_EVENT_BYTES) -> Iterator[list[bytes]]:
+    """`iter_sse_data`, a list per chunk read: the events that chunk completed (never an empty
+    list), so that events arriving together are handled together."""
     pending = b""
     data: list[bytes] = []
     size = 0  # of the data lines in `data`
@@ -56,24 +64,29 @@ def iter_sse_data(chunks: Iterator[bytes], *, max_line: int = MAX_LINE_BYTES,
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         pending = lines.pop()
-        if len(pending) > max_line:
-            raise _oversized("line")
+        batch: list[bytes] = []
+        fault = None  # raised after the events before it go on
         for line in lines:
             if not line:
                 if data:
-                    yield b"\n".join(data)
+                    batch.append(b"\n".join(data))
                     data.clear()
                     size = 0
             elif line.startswith(b"data:"):
-                if len(line) > max_line:
-                    raise _oversized("line")
                 value = line[5:]
                 size += len(value)
-                if size > max_event:
-                    raise _oversized("event")
+                if len(line) > max_line or size > max_event:
+                    fault = _oversized("line" if len(line) > max_line else "event")
+                    break
                 data.append(value[1:] if value.startswith(b" ") else value)
+        if fault is None and len(pending) > max_line:
+            fault = _oversized("line")
+        if batch:
+            yield batch
+        if fault is not None:
+            raise fault
     if data:
-        yield b"\n".join(data)
+        yield [b"\n".join(data)]
 
 
 def _oversized(what: str) -> UpstreamError:

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..green import gevent_active
 from ..settings import Settings
-from .chunks import UpstreamCutError, iter_sse_data, parse_chunk
+from .chunks import UpstreamCutError, iter_sse_batches, parse_chunk
 from .provider import FINISH, Item
 from .transport import Urllib3Transport, body_of
 
@@ -233,15 +233,25 @@ class _OpenAIStream:
     def __iter__(self) -> Iterator[list[Item]]:
         finished = False
         try:
-            for data in iter_sse_data(self._chunks()):
-                if data == b"[DONE]":
-                    self._done = True
-                    return
-                items = parse_chunk(data)
+            # The events of one read go on together: one round of the relay, one append.
+            for batch in iter_sse_batches(self._chunks()):
+                items: list[Item] = []
+                try:
+                    for data in batch:
+                        if data == b"[DONE]":
+                            self._done = True
+                            break
+                        items += parse_chunk(data)
+                except UpstreamError:
+                    if items:
+                        yield items  # what came before the fault is relayed first
+                    raise
                 if items:
                     if any(kind == FINISH for kind, _ in items):
                         finished = True
                     yield items
+                if self._done:
+                    return
         except httpx2.TimeoutException:
             raise UpstreamTimeoutError("the upstream stopped sending") from None
         except httpx2.HTTPError:
