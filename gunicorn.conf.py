@@ -21,7 +21,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 if workers < 1:  # gunicorn would run a master with no worker, answering nothing, forever
     raise SystemExit(f"Error: invalid settings: WEB_CONCURRENCY: must be 1 or more (got {workers})")
 
-# One gevent worker serves thousands of streams: each is a few greenlets waiting on sockets.
+# One gevent worker serves thousands of streams: each is two greenlets (its reader, and the
+# response of each client) waiting on sockets.
 worker_class = "gevent"
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 
