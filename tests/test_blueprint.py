@@ -59,3 +59,16 @@ def test_mounted_under_a_prefix_with_its_own_errors() -> None:
     assert response.json is not None
     assert response.json["error"]["type"] == "invalid_json"
     assert client.post("/api/chat/stream").status_code == 404  # nothing outside the prefix
+
+
+def test_the_simulated_provider_honours_max_completion_tokens() -> None:
+    # The name OpenAI's SDK now sends; the older max_tokens still counts when it is alone.
+    client = make_app().test_client()
+    for field in ("max_completion_tokens", "max_tokens"):
+        response = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], field: 5})
+        assert response.status_code == 200, response.data
+        body = response.json
+        assert body is not None
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["completion_tokens"] == 5

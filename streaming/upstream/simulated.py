@@ -74,7 +74,8 @@ class SimulatedProvider:
         text = _ANSWER.format(prompt=_one_line(prompt) or "(nothing)",
                               delay=f"{self._delay_ms:g}")
         tokens = _TOKEN.findall(text)
-        limit = request.get("max_tokens")
+        # The newer name wins, as OpenAI's API reads them.
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
         finish = "stop"
         if limit is not None and limit < len(tokens):
             tokens, finish = tokens[:limit], "length"
