@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Service, wait_http
-from sseclient import request
+from sseclient import request, start, until_first_token
 
 STREAMS = 1500
 DELTAS = 20
@@ -121,6 +121,25 @@ def wait_rested(svc: Service, rest: dict[str, float], timeout: float = 60) -> di
             return now
         time.sleep(0.25)  # the worker lets go asynchronously (keep-alive, grace): poll it
     return now
+
+
+def test_an_open_stream_runs_one_task(service_factory: Any) -> None:
+    # One greenlet per stream (its reader, which also runs the relay); deadlines ring a timer
+    # that runs in the event loop itself, and each client's response is the server's own
+    # greenlet. A second task per stream (a pump, a watcher) would double the count.
+    svc = service_factory({"SIMULATED_TOKENS_PER_SECOND": 2})
+    rest = worker_gauges(svc)
+    streams = [start(svc.url, {"messages": [{"role": "user", "content": "hi"}]})
+               for _ in range(20)]
+    try:
+        for stream in streams:
+            assert until_first_token(stream)[-1].json["type"] == "token"
+        now = worker_gauges(svc)
+        assert now["llm_streams_active"] == 20, now
+        assert now["llm_worker_tasks"] - rest["llm_worker_tasks"] == 20, (now, rest)
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def test_soak(service_factory: Any, wire_sim: str) -> None:
