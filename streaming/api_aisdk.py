@@ -55,19 +55,15 @@ def send_messages() -> Response:
 
 @bp.get("/api/chat/<chat_id>/stream", provide_automatic_options=False)
 def resume_stream(chat_id: str) -> Response:
-    edge.refuse_head()
-    m = edge.manager()
-    last = edge.last_event_id()
-    edge.check_serving(m)
-    owner = edge.authenticate(m)
-    aisdk.check_chat_id(chat_id)
-    meta = _running(m, owner, chat_id)
-    if meta is None:
-        # What the transport takes for "nothing to resume".
-        return Response(status=204)
+    def find(m: StreamManager) -> StreamMeta | None:
+        owner = edge.authenticate(m)
+        aisdk.check_chat_id(chat_id)
+        # None (204) is what the transport takes for "nothing to resume".
+        return _running(m, owner, chat_id)
+
     # Without Last-Event-ID, from the start: the transport expects a full replay and rebuilds
     # the message from it (same messageId, so it replaces rather than appends).
-    return edge.attach_response(m, meta, None if last is None else last + 1, aisdk.HEADERS)
+    return edge.resume(find, aisdk.HEADERS)
 
 
 @bp.post("/api/chat/<chat_id>/stop", provide_automatic_options=False)

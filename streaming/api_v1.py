@@ -176,12 +176,7 @@ def _whole(m: StreamManager, params: dict[str, Any], owner: str | None) -> Respo
 
 @bp.get("/v1/chat/completions/<stream_id>/stream", provide_automatic_options=False)
 def resume(stream_id: str) -> Response:
-    edge.refuse_head()
-    m = edge.manager()
-    last = edge.last_event_id()
-    edge.check_serving(m)
-    meta = _find(m, stream_id)
-    return edge.attach_response(m, meta, None if last is None else last + 1)
+    return edge.resume(lambda m: _find(m, stream_id))
 
 
 @bp.post("/v1/chat/completions/<stream_id>/cancel", provide_automatic_options=False)

@@ -188,6 +188,21 @@ def start(m: StreamManager, params: dict[str, Any], owner: str | None, *, fmt: s
     return stream_response(m, generation.stream_id, 0, following, headers)
 
 
+def resume(find: Callable[[StreamManager], StreamMeta | None],
+           headers: Mapping[str, str] | None = None) -> Response:
+    """A resume request on any format's path: HEAD refused and Last-Event-ID checked first,
+    then the stream `find` gives (it raises for one the caller may not see; None answers 204,
+    nothing to resume), from after Last-Event-ID or from its start."""
+    refuse_head()
+    m = manager()
+    last = last_event_id()
+    check_serving(m)
+    meta = find(m)
+    if meta is None:
+        return Response(status=204)
+    return attach_response(m, meta, None if last is None else last + 1, headers)
+
+
 def attach_response(m: StreamManager, meta: StreamMeta, cursor: int | None,
                     headers: Mapping[str, str] | None = None) -> Response:
     """Follow a stream from `cursor` (0 when None); 204 when the client has everything."""

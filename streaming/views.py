@@ -14,7 +14,9 @@ from werkzeug.exceptions import HTTPException
 
 from . import edge
 from .errors import ApiError, StoreUnavailableError
+from .manager import StreamManager
 from .metrics import CONTENT_TYPE
+from .stores import StreamMeta
 from .validation import parse_chat_request
 
 log = logging.getLogger(__name__)
@@ -89,15 +91,14 @@ def start_stream() -> Response:
 
 @bp.get("/api/chat/stream/<stream_id>", provide_automatic_options=False)
 def attach_stream(stream_id: str) -> Response:
-    edge.refuse_head()
-    m = edge.manager()
-    last = edge.last_event_id()
-    edge.check_serving(m)
-    meta = edge.find(m, stream_id, edge.caller(m), request.args.get("token"))
-    if meta.format != "native":
-        # Its events are in another format: resume it on that format's own path.
-        raise ApiError(404, "not_found", "no such stream (unknown, expired or not yours)")
-    return edge.attach_response(m, meta, None if last is None else last + 1)
+    def find(m: StreamManager) -> StreamMeta:
+        meta = edge.find(m, stream_id, edge.caller(m), request.args.get("token"))
+        if meta.format != "native":
+            # Its events are in another format: resume it on that format's own path.
+            raise ApiError(404, "not_found", "no such stream (unknown, expired or not yours)")
+        return meta
+
+    return edge.resume(find)
 
 
 @bp.post("/api/chat/stream/<stream_id>/cancel", provide_automatic_options=False)
