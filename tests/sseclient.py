@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -144,6 +145,26 @@ def collect(stream: StreamResponse) -> list[Event]:
     finally:
         stream.close()
     return out
+
+
+def follow_together(origin: StreamResponse, urls: list[str]) -> list[list[Event]]:
+    """Read `origin` to its end while a client per base URL attaches to the same stream, each
+    in a thread; every client's events, the origin's first (a client that never ended is
+    missing, which the caller's count shows)."""
+    stream_id = origin.headers["X-Stream-Id"]
+    results: dict[int, list[Event]] = {}
+
+    def follow(i: int, url: str) -> None:
+        results[i] = collect(attach(url, stream_id))
+
+    threads = [threading.Thread(target=follow, args=(i, url), daemon=True)
+               for i, url in enumerate(urls, 1)]
+    for t in threads:
+        t.start()
+    results[0] = collect(origin)
+    for t in threads:
+        t.join(30)
+    return [results[i] for i in sorted(results)]
 
 
 def until_first_token(stream: StreamResponse) -> list[Event]:

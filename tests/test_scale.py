@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from sseclient import (
     attach,
     check_well_formed,
     collect,
+    follow_together,
     request,
     start,
     text_of,
@@ -80,24 +80,12 @@ def test_followers_on_both_instances_get_every_event(pair: list[Service], sim: A
     a, b = pair
     words = [f"t{i} " for i in range(40)]
     origin = start(a.url, body(tokens=words, delay=0.03))
-    stream_id = origin.headers["X-Stream-Id"]
-    results: dict[str, list[Event]] = {}
-
-    def follow(name: str, url: str) -> None:
-        results[name] = collect(attach(url, stream_id))
-
-    threads = [threading.Thread(target=follow, args=(f"f{i}", url))
-               for i, url in enumerate((a.url, b.url, b.url))]
-    for t in threads:
-        t.start()
-    results["origin"] = collect(origin)
-    for t in threads:
-        t.join(30)
+    results = follow_together(origin, [a.url, b.url, b.url])
     assert len(results) == 4
-    for events in results.values():
+    for events in results:
         check_well_formed(events)
         assert text_of(events) == "".join(words)
-    assert len({tuple(e.data for e in events) for events in results.values()}) == 1
+    assert len({tuple(e.data for e in events) for events in results}) == 1
 
 
 def test_a_cancel_on_the_other_instance_closes_the_upstream_within_a_second(

@@ -19,6 +19,7 @@ from sseclient import (
     attach,
     check_well_formed,
     collect,
+    follow_together,
     request,
     start,
     text_of,
@@ -197,20 +198,9 @@ def test_attach_from_the_start_and_past_the_end(store_service: Service, sim: Any
 def test_several_clients_follow_one_stream(store_service: Service, sim: Any) -> None:
     words = [f"t{i} " for i in range(30)]
     origin = start(store_service.url, body(tokens=words, delay=0.03))
-    stream_id = origin.headers["X-Stream-Id"]
-    results: dict[str, list[Event]] = {}
-
-    def follow(name: str) -> None:
-        results[name] = collect(attach(store_service.url, stream_id))
-
-    threads = [threading.Thread(target=follow, args=(f"c{i}",)) for i in range(3)]
-    for t in threads:
-        t.start()
-    results["origin"] = collect(origin)
-    for t in threads:
-        t.join(30)
+    results = follow_together(origin, [store_service.url] * 3)
     assert len(results) == 4
-    for events in results.values():
+    for events in results:
         check_well_formed(events)
         assert text_of(events) == "".join(words)
 
