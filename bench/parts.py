@@ -70,18 +70,24 @@ def rate(server: Server, sim: Server, streams: int, per_second: float,
                   delay=delay, ramp=min(1.0, duration / 4), lags=True, timeout=duration + 60)
     out = {**verdicts(result), "ttft_p50_ms": ms(result["ttft_p50_s"]),
            "ttft_p99_ms": ms(result["ttft_p99_s"]), "lag_mean_ms": ms(result.get("lag_mean_s")),
-           "lag_p99_ms": ms(result.get("lag_p99_s")), "cpu_per_delta_us": None}
-    window = result.get("window")
-    if window and window["deltas"]:
-        seconds = window["end"] - window["start"]
-        cpu = server.cpu_between(window["start"], window["end"])
-        out.update(window_s=seconds, window_deltas=window["deltas"],
-                   deltas_per_s=window["deltas"] / seconds, cpu_cores=cpu / seconds,
-                   cpu_per_delta_us=cpu / window["deltas"] * 1e6,
-                   sim_cpu_per_delta_us=sim.cpu_between(window["start"], window["end"])
-                   / window["deltas"] * 1e6)
+           "lag_p99_ms": ms(result.get("lag_p99_s"))}
+    out.update(steady_figures(server, sim, result))
     out.update(redis_figures(server, result))
     return out
+
+
+def steady_figures(server: Server, sim: Server, result: dict[str, Any]) -> dict[str, Any]:
+    """Server CPU (and the simulator's) per delta over the load generator's steady window
+    (every stream started, none ended); `cpu_per_delta_us` is None when there was none."""
+    window = result.get("window")
+    if not (window and window["deltas"]):
+        return {"cpu_per_delta_us": None}
+    start, end, deltas = window["start"], window["end"], window["deltas"]
+    seconds = end - start
+    cpu = server.cpu_between(start, end)
+    return {"window_s": seconds, "window_deltas": deltas, "deltas_per_s": deltas / seconds,
+            "cpu_cores": cpu / seconds, "cpu_per_delta_us": cpu / deltas * 1e6,
+            "sim_cpu_per_delta_us": sim.cpu_between(start, end) / deltas * 1e6}
 
 
 SCRIPTS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")
@@ -205,17 +211,8 @@ def redis_load(server: Server, sim: Server, streams: int, per_second: float, hol
         **verdicts(result), "peak_open": result["peak_open"],
         "passed": result["ok"] == streams and result["peak_open"] == streams,
         "deltas_per_stream_per_s": per_second, "wall_s": result["wall_s"],
-        "ttft_p50_ms": ms(result["ttft_p50_s"]), "ttft_p99_ms": ms(result["ttft_p99_s"]),
-        "cpu_per_delta_us": None}
-    window = result.get("window")
-    if window and window["deltas"]:
-        seconds = window["end"] - window["start"]
-        cpu = server.cpu_between(window["start"], window["end"])
-        out.update(window_s=seconds, window_deltas=window["deltas"],
-                   deltas_per_s=window["deltas"] / seconds, cpu_cores=cpu / seconds,
-                   cpu_per_delta_us=cpu / window["deltas"] * 1e6,
-                   sim_cpu_per_delta_us=sim.cpu_between(window["start"], window["end"])
-                   / window["deltas"] * 1e6)
+        "ttft_p50_ms": ms(result["ttft_p50_s"]), "ttft_p99_ms": ms(result["ttft_p99_s"])}
+    out.update(steady_figures(server, sim, result))
     out.update(redis_figures(server, result))
     return out
 

@@ -155,11 +155,15 @@ def read_sdk(clients: Clients, mode: str, body: bytes, opened: Barrier, go: Even
         response.close()
 
 
-def read_urllib3(clients: Clients, body: bytes, opened: Barrier, go: Event,
-                 done: Barrier) -> None:
-    response = clients.urllib3.urlopen(
+def open_urllib3(clients: Clients, body: bytes) -> Any:
+    return clients.urllib3.urlopen(
         "POST", "/v1/chat/completions", body=body, preload_content=False,
         headers={"Content-Type": "application/json"})
+
+
+def read_urllib3(clients: Clients, body: bytes, opened: Barrier, go: Event,
+                 done: Barrier) -> None:
+    response = open_urllib3(clients, body)
     opened.arrive()
     go.wait()
     while response.read1(65536):
@@ -169,9 +173,7 @@ def read_urllib3(clients: Clients, body: bytes, opened: Barrier, go: Event,
 
 def read_urllib3_chunked(clients: Clients, body: bytes, opened: Barrier, go: Event,
                          done: Barrier) -> None:
-    response = clients.urllib3.urlopen(
-        "POST", "/v1/chat/completions", body=body, preload_content=False,
-        headers={"Content-Type": "application/json"})
+    response = open_urllib3(clients, body)
     opened.arrive()
     go.wait()
     for _ in response.read_chunked(decode_content=False):

@@ -657,7 +657,17 @@ def delta(text: str, finish: str | None = None) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
 
 
-def test_events_read_together_are_handed_on_together(server: RawServer) -> None:
+@pytest.fixture
+def provider(server: RawServer) -> Iterator[OpenAIProvider]:
+    """The project's OpenAI provider (on this transport) against the scripted server."""
+    provider = OpenAIProvider(Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="sk-test",
+                                       OPENAI_BASE_URL=server.url("/v1")))
+    yield provider
+    provider.close()
+
+
+def test_events_read_together_are_handed_on_together(server: RawServer,
+                                                     provider: OpenAIProvider) -> None:
     # Three events in one HTTP chunk are one hand-over (one relay round, one append); events
     # in chunks of their own, as they are sent, stay apart.
     hold = threading.Event()
@@ -665,30 +675,21 @@ def test_events_read_together_are_handed_on_together(server: RawServer) -> None:
         CHUNKED, chunk(sse(delta("a"))), hold,
         chunk(sse(delta("b")) + sse(delta("c")) + sse(delta("d", "stop"))),
         chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"]
-    provider = OpenAIProvider(Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="sk-test",
-                                       OPENAI_BASE_URL=server.url("/v1")))
-    try:
-        with provider.open({"model": "m", "messages": []}) as upstream:
-            batches = iter(upstream)
-            assert next(batches) == [(CONTENT, "a")]
-            hold.set()
-            assert list(batches) == [[(CONTENT, "b"), (CONTENT, "c"), (CONTENT, "d"),
-                                      (FINISH, "stop")]]
-    finally:
-        provider.close()
+    with provider.open({"model": "m", "messages": []}) as upstream:
+        batches = iter(upstream)
+        assert next(batches) == [(CONTENT, "a")]
+        hold.set()
+        assert list(batches) == [[(CONTENT, "b"), (CONTENT, "c"), (CONTENT, "d"),
+                                  (FINISH, "stop")]]
 
 
-def test_a_fault_after_good_events_in_one_read_comes_after_them(server: RawServer) -> None:
+def test_a_fault_after_good_events_in_one_read_comes_after_them(
+        server: RawServer, provider: OpenAIProvider) -> None:
     server.replies["/v1/chat/completions"] = [
         CHUNKED, chunk(sse(delta("a")) + b"data: {not json\n\n" + sse(delta("b"))),
         b"0\r\n\r\n"]
-    provider = OpenAIProvider(Settings(LLM_PROVIDER="openai", OPENAI_API_KEY="sk-test",
-                                       OPENAI_BASE_URL=server.url("/v1")))
-    try:
-        with provider.open({"model": "m", "messages": []}) as upstream:
-            batches = iter(upstream)
-            assert next(batches) == [(CONTENT, "a")]
-            with pytest.raises(UpstreamCutError):
-                next(batches)
-    finally:
-        provider.close()
+    with provider.open({"model": "m", "messages": []}) as upstream:
+        batches = iter(upstream)
+        assert next(batches) == [(CONTENT, "a")]
+        with pytest.raises(UpstreamCutError):
+            next(batches)
