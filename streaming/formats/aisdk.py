@@ -97,16 +97,8 @@ class AISDKEncoder:
                 return
             out.extend(self._tool_inputs())
             out.append({"type": "finish-step"})
-            finish: dict[str, Any] = {
-                "type": "finish", "finishReason": FINISH_REASONS.get(event.finish_reason, "other")}
-            if event.usage is not None:
-                # The message's metadata, as the SDK's own servers send it (`message.metadata`
-                # in useChat), in the SDK's names for token counts.
-                u = event.usage
-                finish["messageMetadata"] = {"usage": {
-                    "inputTokens": u["prompt_tokens"], "outputTokens": u["completion_tokens"],
-                    "totalTokens": u["total_tokens"]}}
-            out.append(finish)
+            out.append({"type": "finish",
+                        "finishReason": FINISH_REASONS.get(event.finish_reason, "other")})
         elif isinstance(event, Failed):
             self._close(out)
             out.append({"type": "error", "errorText": event.message})
